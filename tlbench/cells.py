@@ -1,0 +1,57 @@
+"""Expands the CLI's choices into the ordered list of cells to run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tlbench.plan import Cell, Settings
+from tlbench.registry import Registry
+
+REFERENCE = ("full", "random")  # the from-scratch row: strategy, weights
+
+
+@dataclass(frozen=True)
+class Choices:
+    backbones: list[str]
+    strategies: list[str]
+    datasets: list[str]
+    seeds: list[int]
+    weights: str
+    thresholds: dict[str, float]
+    reference: bool  # add a from-scratch (random init, full) row per backbone
+
+
+def expand(choices: Choices, settings: Settings, registry: Registry) -> list[Cell]:
+    """Cross-product dataset x backbone x strategy x seed, plus the reference rows."""
+    cells: list[Cell] = []
+    for dataset in choices.datasets:
+        for backbone in choices.backbones:
+            spec = registry.get("backbones", backbone)
+            resolution = settings.resolution or spec.input_size
+            rows = [(canonical_strategy(s, registry), choices.weights) for s in choices.strategies]
+            if choices.reference and choices.weights != REFERENCE[1]:
+                rows.append(REFERENCE)
+            for strategy, weights in rows:
+                for seed in choices.seeds:
+                    cells.append(
+                        Cell(
+                            backbone,
+                            strategy,
+                            dataset,
+                            seed,
+                            weights,
+                            resolution,
+                            choices.thresholds[dataset],
+                            settings,
+                        )
+                    )
+    return cells
+
+
+def canonical_strategy(text: str, registry: Registry) -> str:
+    """``partial`` -> ``partial:2`` (its documented default), so equal cells hash equal."""
+    name, _, arg = text.partition(":")
+    spec = registry.get("strategies", name)
+    if not arg and spec.default_arg is not None:
+        return f"{name}:{spec.default_arg}"
+    return text

@@ -1,0 +1,277 @@
+"""The ``tlbench`` command line: run, list, leaderboard."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tlbench import leaderboard
+from tlbench import registry as plugin_registry
+from tlbench.cells import Choices, expand
+from tlbench.device import resolve_device
+from tlbench.errors import TlbenchError
+from tlbench.plan import Cell, make_settings, parse_seeds, parse_thresholds
+from tlbench.records import check_writable, finished_hashes, load_records, run_dir
+from tlbench.registry import KINDS, Registry
+from tlbench.runner import Runner, availability
+from tlbench.ui import RichProgress, summary_table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    help="Benchmark transfer-learning strategies: backbones x strategies x "
+    "datasets, with a leaderboard.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_BACKBONES = "efficientnet_lite0"  # the one backbone with ImageNet weights offline
+DEFAULT_STRATEGIES = "linear_probe,partial,full,two_stage"
+DEFAULT_DATASETS = "mnist,fashion"
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except TlbenchError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            raise
+        if hasattr(exc, "show"):
+            exc.show()
+        sys.exit(code)
+
+
+@app.command()
+def run(
+    backbones: str = typer.Option(DEFAULT_BACKBONES, help="Comma list or 'all'."),
+    strategies: str = typer.Option(
+        DEFAULT_STRATEGIES, help="Comma list or 'all'; arguments as name:arg (partial:1)."
+    ),
+    datasets: str = typer.Option(DEFAULT_DATASETS, help="Comma list or 'all'."),
+    weights: str = typer.Option("imagenet", help="imagenet, random, or a state-dict file."),
+    epochs: Optional[int] = typer.Option(None, help="Epoch budget per cell [profile]."),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size [profile]."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate of the head (base LR)."),
+    resolution: Optional[int] = typer.Option(
+        None, help="Input side in px [backbone's own on CUDA, 64 on CPU]."
+    ),
+    train_size: Optional[int] = typer.Option(
+        None, help="Stratified training subsample [all on CUDA, 3000 on CPU]."
+    ),
+    val_size: Optional[int] = typer.Option(None, help="Validation images held out of train."),
+    test_size: Optional[int] = typer.Option(None, help="Stratified test subsample."),
+    seeds: str = typer.Option("1", help="Seed count (3 -> 0,1,2) or list (0,5,7)."),
+    threshold: str = typer.Option("95", help="Percent; per dataset like 95,fashion=90."),
+    evals_per_epoch: int = typer.Option(4, help="Validation evaluations per epoch."),
+    head_hidden: int = typer.Option(0, help="Hidden units of an MLP head (0: Linear)."),
+    reference: bool = typer.Option(True, help="Add a from-scratch row (random init, full)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    output: Path = typer.Option(Path("results"), help="Results directory."),
+    run_name: Optional[str] = typer.Option(
+        None, help="Sub-directory of --output [device-resolution-train-epochs]."
+    ),
+    data_dir: Optional[str] = typer.Option(
+        None, envvar="TLBENCH_DATA_DIR", help="Directory with the IDX files."
+    ),
+    benchmarks: Path = typer.Option(Path("BENCHMARKS.md"), help="Leaderboard file to write."),
+    force: bool = typer.Option(False, help="Recompute cells that are already recorded."),
+    dry_run: bool = typer.Option(False, help="Print the planned cells and exit."),
+) -> None:
+    """Train every cell of the cross-product and write records and the leaderboard."""
+    pm = plugin_registry.get_plugin_manager()
+    registry = plugin_registry.collect(pm)
+    hw = resolve_device(device)
+    settings = make_settings(
+        hw.is_cuda,
+        lr,
+        evals_per_epoch,
+        head_hidden,
+        epochs=epochs,
+        batch_size=batch_size,
+        resolution=resolution,
+        train_size=train_size,
+        val_size=val_size,
+        test_size=test_size,
+    )
+    names = {
+        kind: registry.resolve_list(kind, text)
+        for kind, text in (
+            ("backbones", backbones),
+            ("strategies", strategies),
+            ("datasets", datasets),
+        )
+    }
+    choices = Choices(
+        names["backbones"],
+        names["strategies"],
+        names["datasets"],
+        parse_seeds(seeds),
+        _weights_label(weights),
+        parse_thresholds(threshold, names["datasets"]),
+        reference,
+    )
+    cells = expand(choices, settings, registry)
+    directory = run_dir(output, run_name or _default_run_name(hw.slug, settings))
+    blocked = {c: r for c in cells if (r := availability(registry, data_dir)(c))}
+    if dry_run:
+        console.print(plan_table(cells, registry, blocked, directory, data_dir))
+        return
+    check_writable(directory)
+    runner = Runner(registry, pm.hook, hw, directory, data_dir)
+    runner.prepare_data([c for c in cells if c not in blocked])
+    outcome = _execute(runner, cells, blocked, force)
+    path = leaderboard.write(output, benchmarks)
+    console.print(summary_table(outcome))
+    _report(outcome, directory, path)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+def _execute(runner: Runner, cells: list[Cell], blocked: dict, force: bool):
+    runnable = [c for c in cells if c not in blocked]
+    with RichProgress(console, len(runnable)) as progress:
+        runner.progress = progress
+        outcome = runner.run(runnable, force=force)
+    outcome.skipped.extend(blocked.items())
+    return outcome
+
+
+def _report(outcome, directory: Path, benchmarks: Path) -> None:
+    console.print(
+        f"{len(outcome.ran)} cells ran, {len(outcome.already_done)} already "
+        f"recorded (use --force to recompute), {len(outcome.skipped)} skipped, "
+        f"{len(outcome.failed)} failed. Records: {directory}; leaderboard: "
+        f"{benchmarks}"
+    )
+    for reason in dict.fromkeys(r for _, r in outcome.skipped):
+        console.print(f"[yellow]skipped:[/] {reason}", highlight=False)
+
+
+def _weights_label(text: str) -> str:
+    from tlbench.weights import WeightsChoice
+
+    return WeightsChoice.parse(text).label()
+
+
+def _default_run_name(slug: str, settings) -> str:
+    res = f"{settings.resolution}px" if settings.resolution else "nativepx"
+    train = f"train{settings.train_size}" if settings.train_size else "trainfull"
+    return f"{slug}-{res}-{train}-e{settings.epochs}"
+
+
+def plan_table(
+    cells: list[Cell], registry: Registry, blocked: dict, directory: Path, data_dir: Optional[str]
+) -> Table:
+    done = finished_hashes(load_records(directory))
+    table = Table(title=f"{len(cells)} planned cells -> {directory}")
+    for column in (
+        "backbone",
+        "strategy",
+        "dataset",
+        "seed",
+        "weights source",
+        "data source",
+        "resolution",
+        "status",
+    ):
+        table.add_column(column)
+    for cell in cells:
+        status = (
+            "done"
+            if cell.config_hash in done
+            else f"skip: {blocked[cell]}"
+            if cell in blocked
+            else "will run"
+        )
+        table.add_row(
+            cell.backbone,
+            cell.strategy,
+            cell.dataset,
+            str(cell.seed),
+            _weights_source(cell, registry),
+            _data_source(cell, registry, data_dir),
+            str(cell.resolution),
+            status,
+        )
+    return table
+
+
+def _weights_source(cell: Cell, registry: Registry) -> str:
+    if cell.weights != "imagenet":
+        return cell.weights
+    spec = registry.get("backbones", cell.backbone)
+    return "unavailable" if spec.imagenet_unavailable() else spec.imagenet_sources[0]
+
+
+def _data_source(cell: Cell, registry: Registry, data_dir: Optional[str]) -> str:
+    try:
+        return registry.get("datasets", cell.dataset).probe(data_dir)
+    except TlbenchError:
+        return "not found"
+
+
+@app.command("list")
+def list_items(
+    kind: str = typer.Argument(..., help="backbones, strategies or datasets."),
+    data_dir: Optional[str] = typer.Option(None, envvar="TLBENCH_DATA_DIR"),
+) -> None:
+    """Show registered items, the plugin each came from, and whether it can run here."""
+    if kind not in KINDS:
+        raise TlbenchError(f"cannot list {kind!r}: choose one of {', '.join(KINDS)}.")
+    registry = plugin_registry.load_registry()
+    table = Table(title=f"registered {kind}")
+    for column in ("name", "plugin", "description", "here"):
+        table.add_column(column, overflow="fold")
+    for name, entry in registry.items[kind].items():
+        table.add_row(
+            name, entry.plugin, entry.spec.description, _status(kind, entry.spec, data_dir)
+        )
+    console.print(table)
+
+
+def _status(kind: str, spec, data_dir: Optional[str]) -> str:
+    if kind == "backbones":
+        reason = spec.imagenet_unavailable()
+        return (
+            f"imagenet weights: {spec.imagenet_sources[0]}"
+            if reason is None
+            else f"imagenet weights missing ({reason}); --weights random works"
+        )
+    if kind == "datasets":
+        try:
+            return f"data: {spec.probe(data_dir)}"
+        except TlbenchError as exc:
+            return f"no data: {exc}"
+    return "ready" + (f" (default arg {spec.default_arg})" if spec.default_arg else "")
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    output: Path = typer.Option(Path("results"), help="Results directory to read."),
+    path: Path = typer.Option(Path("BENCHMARKS.md"), help="File to write."),
+    check: bool = typer.Option(False, help="Exit 1 if the file is stale; write nothing."),
+) -> None:
+    """Rebuild BENCHMARKS.md from the records under results/."""
+    if check:
+        if leaderboard.is_stale(output, path):
+            err_console.print(
+                f"{path} is stale relative to {output}/: run `tlbench leaderboard` and commit it."
+            )
+            raise typer.Exit(1)
+        console.print(f"{path} is up to date.")
+        return
+    console.print(f"wrote {leaderboard.write(output, path)}")

@@ -1,0 +1,33 @@
+"""User-facing errors: one clear line, exit code 2, nothing recorded is touched."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class TlbenchError(Exception):
+    """Bad input or environment; the CLI prints the message and exits with 2."""
+
+    exit_code = 2
+
+
+class UnknownNameError(TlbenchError):
+    """A backbone/strategy/dataset name that no plugin registered."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]):
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        super().__init__(
+            f"unknown {kind} {name!r}.{hint} Registered: {', '.join(known) or 'none'}."
+        )
+        self.close_matches = close
+
+
+class DuplicateNameError(TlbenchError):
+    """Two plugins registered the same name for the same kind."""
+
+
+class DataUnavailable(TlbenchError):
+    """No source of a dataset is usable here; its cells are skipped with this reason."""

@@ -1,0 +1,127 @@
+"""Frozen-prefix feature cache.
+
+When nothing before stage ``f`` trains, the output of stages[:f] (in eval mode) is a
+pure function of (weights, resolution, images).  It is computed once and reused for
+every epoch, strategy and seed that shares it.  A memory budget decides where it lives
+(the device, host memory) or whether it is recomputed per batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Callable, Hashable, Optional
+
+import torch
+
+from tlbench.adapt import BatchAdapter
+from tlbench.model import StagedModel
+
+
+def default_budgets(device: torch.device) -> tuple[int, int]:
+    """(device bytes, host bytes) the cache may use; env TLBENCH_CACHE_BUDGET_MB caps host."""
+    host = int(os.environ.get("TLBENCH_CACHE_BUDGET_MB", "0")) * 2**20
+    if host <= 0:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        host = pages // 4
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.4), host
+    return 0, host
+
+
+class FeatureCache:
+    """Keyed store of prefix outputs, evicting the oldest entries to stay in budget."""
+
+    def __init__(self, device: torch.device, budgets: Optional[tuple[int, int]] = None):
+        self.device = device
+        self.device_budget, self.host_budget = budgets or default_budgets(device)
+        self.entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self.hits = 0
+
+    def used(self, where: str) -> int:
+        kind = "cpu" if where == "host" else self.device.type
+        return sum(
+            t.numel() * t.element_size() for t in self.entries.values() if t.device.type == kind
+        )
+
+    def place_for(self, nbytes: int) -> str:
+        """Where a tensor of ``nbytes`` fits: ``device``, ``host`` or ``none``."""
+        if self.device.type == "cuda" and nbytes <= self.device_budget:
+            return "device"
+        return "host" if nbytes <= self.host_budget else "none"
+
+    def get(
+        self, key: Hashable, nbytes: int, compute: Callable[[torch.device], torch.Tensor]
+    ) -> tuple[Optional[torch.Tensor], str]:
+        """Cached tensor and where it lives, computing it on a miss; (None, 'none') if too big."""
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            self.hits += 1
+            return self.entries[key], self._label(self.entries[key])
+        where = self.place_for(nbytes)
+        if where == "none":
+            return None, "none"
+        self._evict(where, nbytes)
+        target = self.device if where == "device" else torch.device("cpu")
+        tensor = compute(target)
+        self.entries[key] = tensor
+        return tensor, self._label(tensor)
+
+    def _label(self, tensor: torch.Tensor) -> str:
+        """``device`` when the features sit where the model runs, else ``host``."""
+        return "device" if tensor.device.type == self.device.type else "host"
+
+    def _evict(self, where: str, nbytes: int) -> None:
+        budget = self.device_budget if where == "device" else self.host_budget
+        kind = self.device.type if where == "device" else "cpu"
+        for key in list(self.entries):
+            if self.used(where) + nbytes <= budget:
+                return
+            if self.entries[key].device.type == kind:
+                del self.entries[key]
+
+
+@torch.no_grad()
+def compute_prefix(
+    model: StagedModel,
+    stop: int,
+    images: torch.Tensor,
+    adapter: BatchAdapter,
+    batch_size: int,
+    target: torch.device,
+    autocast: bool,
+) -> torch.Tensor:
+    """stages[:stop] applied in eval mode to every image, batched, stored on ``target``."""
+    was_training = [m.training for m in model.stages]
+    model.stages.eval()
+    outputs = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = adapter(images[start : start + batch_size])
+            with _autocast(x.device, autocast):
+                y = model.forward_stages(x, 0, stop)
+            outputs.append(y.to(target, non_blocking=True))
+    finally:
+        for module, mode in zip(model.stages, was_training, strict=True):
+            module.train(mode)
+    return torch.cat(outputs)
+
+
+def prefix_bytes(
+    model: StagedModel,
+    stop: int,
+    sample: torch.Tensor,
+    adapter: BatchAdapter,
+    count: int,
+    autocast: bool,
+) -> int:
+    """Memory the prefix outputs of ``count`` images would take (one probe image)."""
+    probe = compute_prefix(model, stop, sample[:1], adapter, 1, sample.device, autocast)
+    return probe.element_size() * probe[0].numel() * count
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda"
+    )

@@ -1,0 +1,58 @@
+"""Metric definitions (see README "Metrics"): one implementation, used everywhere."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[true, predicted] counts, computed on the device with one bincount."""
+    flat = labels.long() * num_classes + preds.long()
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def per_class_scores(confusion: torch.Tensor) -> dict[str, list[float]]:
+    """Precision, recall and F1 per class; 0 where undefined (no predictions/support)."""
+    cm = confusion.double().cpu()
+    tp = cm.diag()
+    predicted = cm.sum(0)
+    support = cm.sum(1)
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    denom = precision + recall
+    f1 = torch.where(
+        denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp)
+    )
+    return {
+        "precision": [round(v, 6) for v in precision.tolist()],
+        "recall": [round(v, 6) for v in recall.tolist()],
+        "f1": [round(v, 6) for v in f1.tolist()],
+        "support": [int(v) for v in support.tolist()],
+    }
+
+
+def epochs_to_threshold(curve: Sequence[tuple[float, float]], threshold: float) -> Optional[float]:
+    """First evaluation point (fractional epochs) whose validation accuracy >= threshold.
+
+    ``curve`` holds (epoch, accuracy in percent) pairs in training order; ``None`` means
+    censored: not reached within the budget.
+    """
+    for epoch, accuracy in curve:
+        if accuracy >= threshold:
+            return epoch
+    return None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var)

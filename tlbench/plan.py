@@ -1,0 +1,156 @@
+"""Turns CLI settings into concrete cells, each with a stable config hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from tlbench.errors import TlbenchError
+
+# Settings of the CPU profile: sized so the embedded default finishes in minutes on
+# 2 cores (see README "The embedded default"); CUDA runs the full protocol.
+CPU_PROFILE = {
+    "resolution": 64,
+    "train_size": 3000,
+    "val_size": 500,
+    "test_size": 1000,
+    "epochs": 3,
+    "batch_size": 64,
+}
+CUDA_PROFILE = {
+    "resolution": None,
+    "train_size": None,
+    "val_size": 5000,
+    "test_size": None,
+    "epochs": 5,
+    "batch_size": 256,
+}
+DEFAULT_THRESHOLD = 95.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that shapes a cell's numbers except its row keys; part of the hash."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    resolution: Optional[int]  # None: the backbone's own input size
+    train_size: Optional[int]  # None: the whole train split (minus validation)
+    val_size: int
+    test_size: Optional[int]
+    evals_per_epoch: int
+    head_hidden: int = 0
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: backbone x strategy x dataset x seed x weights."""
+
+    backbone: str
+    strategy: str  # may carry an argument: "partial:2"
+    dataset: str
+    seed: int
+    weights: str  # WeightsChoice label: imagenet, random, file:/path, pretrain:fashion
+    resolution: int
+    threshold: float
+    settings: Settings = field(compare=False)
+
+    def config(self) -> dict:
+        data = asdict(self)
+        data.update(data.pop("settings"))
+        data["resolution"] = self.resolution
+        return data
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps(self.config(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def label(self) -> str:
+        w = "" if self.weights == "imagenet" else f" [{self.weights}]"
+        return f"{self.backbone} / {self.strategy}{w} / {self.dataset} / seed {self.seed}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` means three seeds 0,1,2; ``"0,5,7"`` is an explicit list."""
+    try:
+        parts = [int(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        parts = []
+    if not parts or any(p < 0 for p in parts):
+        raise TlbenchError(
+            f"--seeds {text!r} is invalid: give a count like 3 or a list like 0,5,7 "
+            "(non-negative integers)."
+        )
+    if "," not in str(text):
+        if parts[0] < 1 or parts[0] > 100:
+            raise TlbenchError(f"--seeds {text!r}: a seed count must be between 1 and 100.")
+        return list(range(parts[0]))
+    return list(dict.fromkeys(parts))
+
+
+def parse_thresholds(text: str, datasets: list[str]) -> dict[str, float]:
+    """``"95"``, ``"fashion=90"`` or ``"97,fashion=90"`` -> threshold (percent) per dataset."""
+    default = DEFAULT_THRESHOLD
+    overrides: dict[str, float] = {}
+    for part in [p.strip() for p in str(text).split(",") if p.strip()]:
+        name, _, value = part.rpartition("=")
+        number = _percent(value, part)
+        if name:
+            if name not in datasets:
+                raise TlbenchError(
+                    f"--threshold {part!r} names dataset {name!r}, which is not in this "
+                    f"run ({', '.join(datasets)})."
+                )
+            overrides[name] = number
+        else:
+            default = number
+    return {d: overrides.get(d, default) for d in datasets}
+
+
+def _percent(value: str, part: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 < number <= 100:
+        raise TlbenchError(
+            f"--threshold {part!r} is invalid: give a percentage in (0, 100], "
+            "optionally per dataset like fashion=90."
+        )
+    return number
+
+
+def check_ranges(settings: Settings) -> None:
+    """Reject settings that cannot make a meaningful cell, before anything runs."""
+    checks = [
+        (settings.epochs, "--epochs", 1, 1000),
+        (settings.batch_size, "--batch-size", 1, 65536),
+        (settings.evals_per_epoch, "--evals-per-epoch", 1, 100),
+    ]
+    if settings.resolution is not None:
+        checks.append((settings.resolution, "--resolution", 16, 1024))
+    if settings.train_size is not None:
+        checks.append((settings.train_size, "--train-size", 10, 10_000_000))
+    for value, flag, low, high in checks:
+        if not low <= value <= high:
+            raise TlbenchError(f"{flag} {value} is out of range: accepted {low}..{high}.")
+    if not 0 < settings.lr < 10:
+        raise TlbenchError(f"--lr {settings.lr} is out of range: accepted 0 < lr < 10.")
+
+
+def make_settings(
+    is_cuda: bool, lr: float, evals_per_epoch: int, head_hidden: int = 0, **given: Optional[int]
+) -> Settings:
+    """Settings from what the user gave, the rest from the device's profile."""
+    profile = CUDA_PROFILE if is_cuda else CPU_PROFILE
+    unknown = set(given) - set(profile)
+    if unknown:
+        raise ValueError(f"not profile settings: {sorted(unknown)}")
+    values = {k: given[k] if given.get(k) is not None else v for k, v in profile.items()}
+    settings = Settings(lr=lr, evals_per_epoch=evals_per_epoch, head_hidden=head_hidden, **values)
+    check_ranges(settings)
+    return settings

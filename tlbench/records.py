@@ -1,0 +1,151 @@
+"""The one results schema and the append-only store that holds it.
+
+``results/<run>/records.jsonl`` gets one JSON object per finished cell.  Each record is
+written with a single ``write`` on an ``O_APPEND`` descriptor and fsynced, so a crash
+leaves at worst one partial last line, which loading reports and skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Optional, TypedDict
+
+from tlbench.errors import TlbenchError
+
+RECORDS_FILE = "records.jsonl"
+FINISHED = ("ok", "diverged")  # statuses that resume treats as done
+
+
+class Record(TypedDict, total=False):
+    # identity
+    backbone: str  # registered backbone name
+    strategy: str  # strategy name, with argument if any ("partial:2")
+    dataset: str
+    seed: int
+    weights: str  # requested weights: imagenet | random | file:/path | pretrain:<dataset>
+    status: str  # ok | diverged | failed
+    config_hash: str  # sha256 prefix of the cell config: resume key
+    config: dict  # every setting that shaped the numbers
+    # environment
+    weights_source: str  # where the weights actually came from
+    data_source: str  # which dataset source was used
+    split_sizes: dict  # {"train": n, "val": n, "test": n}
+    resolution: int  # input side in px
+    device: str
+    versions: dict  # torch, timm, tlbench, python
+    finished_at: str  # ISO time, UTC
+    # metrics (definitions in README)
+    threshold: float  # percent, validation accuracy
+    epochs_to_threshold: Optional[float]  # fractional epochs; None = not reached
+    seconds_to_threshold: Optional[float]  # training seconds to that point
+    epoch_budget: int  # epochs trained (the censoring point)
+    final_accuracy: float  # percent on test, final model
+    best_val_accuracy: float  # percent on validation, best evaluation
+    best_val_test_accuracy: float  # percent on test, best-validation checkpoint
+    trainable_params: int  # max over phases of what the optimizer updates
+    trainable_params_per_phase: dict  # phase name -> count
+    total_params: int
+    train_throughput: float  # images/s over timed training steps (warm-up excluded)
+    infer_throughput: float  # images/s on the test split, raw images in
+    wall_seconds: float  # the whole cell, data prep and evaluation included
+    freeze_verified: bool  # frozen tensors and BN stats unchanged by training
+    freeze_violations: list  # names of frozen tensors that changed
+    feature_cache: str  # where the frozen-prefix features lived: device|host|none
+    batch_size: int  # batch that actually ran
+    curve: list  # [[epoch, val_accuracy_percent], ...]
+    per_class: dict  # precision/recall/f1/support lists, class order
+    confusion: list  # [true][pred] counts on test
+    error: str  # failed cells: the one-line error
+    diverged_at_step: int  # diverged cells: the step where loss went non-finite
+
+
+def run_dir(output: str | os.PathLike, run_name: str) -> Path:
+    return Path(output) / run_name
+
+
+def check_writable(directory: Path) -> None:
+    """Fail before training when the results directory cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise TlbenchError(
+            f"cannot write results to {directory}: {exc.strerror or exc}; "
+            "choose a writable --output directory."
+        ) from None
+
+
+def append_record(directory: Path, record: Record) -> None:
+    """Append one record as one line, atomically with respect to crashes."""
+    line = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode()
+    path = directory / RECORDS_FILE
+    _repair_partial_tail(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _repair_partial_tail(path: Path) -> None:
+    """A crash mid-write can leave a last line without newline: end it so the next
+    record starts on its own line (the partial line is then skipped on load)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) != b"\n":
+            handle.write(b"\n")
+
+
+def load_records(directory: Path) -> list[Record]:
+    """Every valid record; a corrupt line is reported (file:line) and skipped."""
+    path = directory / RECORDS_FILE
+    if not path.exists():
+        return []
+    records: list[Record] = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            record = _parse_line(raw, path, number)
+            if record is not None:
+                records.append(record)
+    return records
+
+
+def _parse_line(raw: bytes, path: Path, number: int) -> Optional[Record]:
+    if not raw.strip():
+        return None
+    try:
+        record: Any = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        warnings.warn(f"{path}:{number}: skipped a corrupt record line ({exc})", stacklevel=3)
+        return None
+    if not isinstance(record, dict) or "config_hash" not in record:
+        warnings.warn(f"{path}:{number}: skipped a line that is not a record", stacklevel=3)
+        return None
+    return record  # type: ignore[return-value]
+
+
+def finished_hashes(records: list[Record]) -> set[str]:
+    return {r["config_hash"] for r in records if r.get("status") in FINISHED}
+
+
+def latest_by_hash(records: list[Record]) -> list[Record]:
+    """The newest record per config hash (a --force rerun supersedes the old one)."""
+    latest: dict[str, Record] = {}
+    for record in records:
+        latest[record["config_hash"]] = record
+    return list(latest.values())
+
+
+def discover_runs(output: str | os.PathLike) -> list[Path]:
+    root = Path(output)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent for p in root.glob(f"*/{RECORDS_FILE}"))

@@ -1,0 +1,136 @@
+"""Loads plugins and resolves names: the one place a name becomes a spec."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Iterable
+
+import pluggy
+
+from tlbench import hookspecs
+from tlbench.errors import DuplicateNameError, UnknownNameError
+
+ENTRY_POINT_GROUP = "tlbench"
+KINDS = ("backbones", "strategies", "datasets")
+SINGULAR = {"backbones": "backbone", "strategies": "strategy", "datasets": "dataset"}
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin distribution failed to import; the others still load."""
+
+
+@dataclass
+class Entry:
+    """A registered spec and the plugin (distribution or module) that provided it."""
+
+    spec: Any
+    plugin: str
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, by kind and name."""
+
+    items: dict[str, dict[str, Entry]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
+    load_errors: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, spec: Any, plugin: str) -> None:
+        existing = self.items[kind].get(spec.name)
+        if existing is not None:
+            raise DuplicateNameError(
+                f"{SINGULAR[kind]} {spec.name!r} is registered twice: by plugin "
+                f"{existing.plugin!r} and by plugin {plugin!r}; uninstall or rename one."
+            )
+        self.items[kind][spec.name] = Entry(spec, plugin)
+
+    def names(self, kind: str) -> list[str]:
+        return list(self.items[kind])
+
+    def get(self, kind: str, name: str) -> Any:
+        """Return the spec registered as ``name`` or raise a did-you-mean error."""
+        base = name.split(":", 1)[0] if kind == "strategies" else name
+        entry = self.items[kind].get(base)
+        if entry is None:
+            raise UnknownNameError(SINGULAR[kind], base, self.items[kind])
+        return entry.spec
+
+    def resolve_list(self, kind: str, text: str | Iterable[str]) -> list[str]:
+        """Parse ``"a,b"`` or ``"all"`` into validated names (order kept, no repeats)."""
+        parts = _split_list(text, SINGULAR[kind])
+        if parts == ["all"]:
+            return self.names(kind)
+        for part in parts:
+            self.get(kind, part)
+        return list(dict.fromkeys(parts))
+
+
+def _split_list(text: str | Iterable[str], what: str) -> list[str]:
+    from tlbench.errors import TlbenchError
+
+    raw = text.split(",") if isinstance(text, str) else list(text)
+    parts = [p.strip() for p in raw]
+    if not parts or any(not p for p in parts):
+        raise TlbenchError(
+            f"malformed {what} list {text!r}: expected comma-separated names "
+            f"like 'a,b' (no empty items) or 'all'."
+        )
+    return parts
+
+
+def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A fresh manager with the hookspecs and, unless disabled, every entry point.
+
+    Built-ins are entry points of the tlbench distribution itself, so they load
+    exactly like third-party plugins.  ``TLBENCH_LOAD_PLUGINS=0`` skips entry points
+    (tests then register what they need by hand).
+    """
+    pm = pluggy.PluginManager("tlbench")
+    pm.add_hookspecs(hookspecs)
+    if load_entry_points and os.environ.get("TLBENCH_LOAD_PLUGINS", "1") != "0":
+        _load_entry_points(pm)
+    return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else "?"
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the rest
+            warnings.warn(
+                f"tlbench plugin {ep.name!r} from distribution {dist!r} failed to "
+                f"import and was skipped: {type(exc).__name__}: {exc}",
+                PluginLoadWarning,
+                stacklevel=2,
+            )
+            continue
+        if pm.is_registered(plugin):
+            continue
+        pm.register(plugin, name=f"{dist}:{ep.name}")
+
+
+def collect(pm: pluggy.PluginManager) -> Registry:
+    """Call every registration hook, remembering which plugin gave which item."""
+    registry = Registry()
+    hooks = {
+        "backbones": pm.hook.register_backbones,
+        "strategies": pm.hook.register_strategies,
+        "datasets": pm.hook.register_datasets,
+    }
+    for kind, hook in hooks.items():
+        for impl in hook.get_hookimpls():
+            plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+
+            def register(spec, _kind=kind, _plugin=plugin_name):
+                registry.add(_kind, spec, _plugin)
+
+            impl.function(register)
+    return registry
+
+
+def load_registry(pm: pluggy.PluginManager | None = None) -> Registry:
+    """The registry of all installed plugins (the usual entry point for callers)."""
+    return collect(pm or get_plugin_manager())

@@ -1,0 +1,115 @@
+"""Which weights a backbone starts from: ImageNet, random init, or a local file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from tlbench.errors import TlbenchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+class WeightsUnavailable(TlbenchError):
+    """ImageNet weights cannot be had here; the message says why and how to fix it.
+
+    The runner records the affected cells as ``skipped`` and goes on.
+    """
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """``kind`` is ``imagenet``, ``random`` or ``file`` (then ``path`` is set)."""
+
+    kind: str
+    path: Optional[str] = None
+
+    @classmethod
+    def parse(cls, text: str) -> WeightsChoice:
+        if text in ("imagenet", "random"):
+            return cls(text)
+        if text.startswith("pretrain:"):
+            return cls("pretrain", text.split(":", 1)[1])
+        import os
+
+        if os.path.isfile(text):
+            return cls("file", os.path.abspath(text))
+        raise TlbenchError(
+            f"--weights {text!r} is neither 'imagenet', 'random' nor an existing file path."
+        )
+
+    def label(self) -> str:
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Read a checkpoint as ``{name: tensor}`` without ever running pickled code.
+
+    Accepts a raw state dict or a dict holding one under ``state_dict`` or ``model``
+    (common training checkpoints) and strips ``module.`` (DataParallel/DDP) and
+    ``_orig_mod.`` (torch.compile) prefixes so the names match a plain model.
+    """
+    obj = _torch_load_safely(path)
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise TlbenchError(
+            f"--weights {path}: holds a {type(obj).__name__}, not a state dict; save one with "
+            "torch.save(model.state_dict(), path)."
+        )
+    return _clean_state_dict(obj, path)
+
+
+def _torch_load_safely(path: str) -> object:
+    """``torch.load(weights_only=True)``; refusals become one clear TlbenchError."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TlbenchError(
+            f"--weights {path}: refused by torch.load(weights_only=True): {_refusal_reason(exc)} "
+            "tlbench never loads with weights_only=False (that can run arbitrary code); re-save "
+            "only the tensors: torch.save(model.state_dict(), path)."
+        ) from None
+    except Exception as exc:  # torch raises many types for unreadable files
+        raise TlbenchError(
+            f"--weights {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})."
+        ) from exc
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """The one informative sentence out of torch's long weights_only error."""
+    import re
+
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    reason = (match.group(1) if match else text).strip().splitlines()[0]
+    sentence = reason.split(". ")[0].rstrip(".")
+    return sentence + "."
+
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+
+
+def _clean_state_dict(obj: dict, path: str) -> dict[str, torch.Tensor]:
+    import torch
+
+    cleaned: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise TlbenchError(
+                f"--weights {path}: not a state dict: entry {key!r} is a "
+                f"{type(value).__name__}, expected tensors only; save one with "
+                "torch.save(model.state_dict(), path)."
+            )
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        cleaned[key] = value
+    return cleaned
