@@ -12,6 +12,10 @@ class TlbenchError(Exception):
     exit_code = 2
 
 
+class TlbenchWarning(UserWarning):
+    """Something was skipped but the command goes on; the CLI prints it as one line."""
+
+
 class UnknownNameError(TlbenchError):
     """A backbone/strategy/dataset name that no plugin registered."""
 
@@ -31,3 +35,30 @@ class DuplicateNameError(TlbenchError):
 
 class DataUnavailable(TlbenchError):
     """No source of a dataset is usable here; its cells are skipped with this reason."""
+
+
+class PluginError(TlbenchError):
+    """A plugin broke its contract (e.g. ``build`` returned no StagedModel).
+
+    Raised inside a cell, so only that plugin's cells fail; the message names the plugin.
+    """
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: abandon the cell in flight, keep every finished record.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that the runner's per-cell
+    ``except Exception`` cannot mistake it for a failed cell.  Exit code 128 + signal.
+    """
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        self.message = f"interrupted by {self.signame}"  # the runner adds how to resume
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message

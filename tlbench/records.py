@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, TypedDict
 
-from tlbench.errors import TlbenchError
+from tlbench.errors import TlbenchError, TlbenchWarning
 
 RECORDS_FILE = "records.jsonl"
 FINISHED = ("ok", "diverged")  # statuses that resume treats as done
@@ -53,13 +53,26 @@ class Record(TypedDict, total=False):
     wall_seconds: float  # the whole cell, data prep and evaluation included
     freeze_verified: bool  # frozen tensors and BN stats unchanged by training
     freeze_violations: list  # names of frozen tensors that changed
-    feature_cache: str  # where the frozen-prefix features lived: device|host|none
+    feature_cache: str  # per phase: device|host (cached there), none, off:<why> (see train.py)
+    channels_last: bool  # model and batches in NHWC memory format (tlbench.device)
     batch_size: int  # batch that actually ran
     curve: list  # [[epoch, val_accuracy_percent], ...]
     per_class: dict  # precision/recall/f1/support lists, class order
     confusion: list  # [true][pred] counts on test
+    confidence_correct: Optional[float]  # mean max-softmax (0..1) on correct test predictions
+    confidence_wrong: Optional[float]  # mean max-softmax on wrong ones; None: none wrong
+    ece: float  # expected calibration error on test, 15 equal-width bins, 0..1
+    # --weights pretrain:<dataset>: the source run the backbone came from
+    pretrain_source: str  # source dataset name
+    pretrain_source_accuracy: float  # percent, test split of the source dataset
+    pretrain_checkpoint: str  # path of the cached source checkpoint
+    pretrain_cache_hit: bool  # True: reused from the model cache, False: trained now
     error: str  # failed cells: the one-line error
     diverged_at_step: int  # diverged cells: the step where loss went non-finite
+
+
+class CorruptRecordWarning(TlbenchWarning):
+    """A records.jsonl line could not be read; it is skipped and its cell runs again."""
 
 
 def run_dir(output: str | os.PathLike, run_name: str) -> Path:
@@ -122,14 +135,23 @@ def _parse_line(raw: bytes, path: Path, number: int) -> Optional[Record]:
     if not raw.strip():
         return None
     try:
-        record: Any = json.loads(raw)
+        record: Any = json.loads(raw.rstrip(b"\r\n"))  # same message before and after repair
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        warnings.warn(f"{path}:{number}: skipped a corrupt record line ({exc})", stacklevel=3)
+        _warn_skipped(path, number, f"corrupt JSON ({exc})")
         return None
-    if not isinstance(record, dict) or "config_hash" not in record:
-        warnings.warn(f"{path}:{number}: skipped a line that is not a record", stacklevel=3)
+    if not isinstance(record, dict) or not isinstance(record.get("config_hash"), str):
+        _warn_skipped(path, number, "not a record (no config_hash)")
         return None
     return record  # type: ignore[return-value]
+
+
+def _warn_skipped(path: Path, number: int, why: str) -> None:
+    warnings.warn(
+        f"{path}:{number}: skipped a line that is {why}; every other record is kept and "
+        "the cell it held runs again (the line stays in the file for inspection).",
+        CorruptRecordWarning,
+        stacklevel=4,
+    )
 
 
 def finished_hashes(records: list[Record]) -> set[str]:

@@ -11,14 +11,14 @@ from typing import Any, Iterable
 import pluggy
 
 from tlbench import hookspecs
-from tlbench.errors import DuplicateNameError, UnknownNameError
+from tlbench.errors import DuplicateNameError, TlbenchWarning, UnknownNameError
 
 ENTRY_POINT_GROUP = "tlbench"
 KINDS = ("backbones", "strategies", "datasets")
 SINGULAR = {"backbones": "backbone", "strategies": "strategy", "datasets": "dataset"}
 
 
-class PluginLoadWarning(UserWarning):
+class PluginLoadWarning(TlbenchWarning):
     """A plugin distribution failed to import; the others still load."""
 
 
@@ -48,6 +48,11 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         return list(self.items[kind])
+
+    def plugin_of(self, kind: str, name: str) -> str:
+        """The plugin that registered ``name`` (for error messages that blame it)."""
+        self.get(kind, name)
+        return self.items[kind][name.split(":", 1)[0] if kind == "strategies" else name].plugin
 
     def get(self, kind: str, name: str) -> Any:
         """Return the spec registered as ``name`` or raise a did-you-mean error."""
@@ -123,12 +128,35 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     for kind, hook in hooks.items():
         for impl in hook.get_hookimpls():
             plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
-
-            def register(spec, _kind=kind, _plugin=plugin_name):
-                registry.add(_kind, spec, _plugin)
-
-            impl.function(register)
+            for spec in _registered_by(impl, kind, plugin_name):
+                registry.add(kind, spec, plugin_name)
     return registry
+
+
+def _registered_by(impl, kind: str, plugin: str) -> list[Any]:
+    """The specs one hook implementation registers; a hook that raises or registers the
+    wrong type is skipped whole with a warning naming the plugin (the rest still load)."""
+    from tlbench.specs import BackboneSpec, DatasetSpec, StrategySpec
+
+    expected = {"backbones": BackboneSpec, "strategies": StrategySpec, "datasets": DatasetSpec}
+    specs: list[Any] = []
+    try:
+        impl.function(specs.append)
+        for spec in specs:
+            if not isinstance(spec, expected[kind]):
+                raise TypeError(
+                    f"registered a {type(spec).__name__}, expected a "
+                    f"tlbench.specs.{expected[kind].__name__}"
+                )
+    except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the rest
+        warnings.warn(
+            f"tlbench plugin {plugin!r}: its register_{kind} hook failed and its {kind} "
+            f"were skipped: {type(exc).__name__}: {exc}",
+            PluginLoadWarning,
+            stacklevel=3,
+        )
+        return []
+    return specs
 
 
 def load_registry(pm: pluggy.PluginManager | None = None) -> Registry:

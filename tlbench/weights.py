@@ -33,6 +33,9 @@ class WeightsChoice:
             return cls("pretrain", text.split(":", 1)[1])
         import os
 
+        if text.startswith("file:") and os.path.isfile(text[5:]):  # a label() round trip
+            return cls("file", os.path.abspath(text[5:]))
+
         if os.path.isfile(text):
             return cls("file", os.path.abspath(text))
         raise TlbenchError(

