@@ -35,6 +35,7 @@ RUN = [
     "--run-name",
     "t",
 ]
+FOUR = "linear_probe,partial,full,two_stage"  # the foundation's strategies (+ scratch row)
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +59,7 @@ def records(output: Path) -> list[dict]:
 def finished_run(tiny_plugin, tmp_path):
     output, board = tmp_path / "results", tmp_path / "BENCHMARKS.md"
     result = invoke(
-        RUN + ["--strategies", "all", "--output", str(output), "--benchmarks", str(board)]
+        RUN + ["--strategies", FOUR, "--output", str(output), "--benchmarks", str(board)]
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return output, board
@@ -67,14 +68,14 @@ def finished_run(tiny_plugin, tmp_path):
 def test_run_writes_records_and_leaderboard(finished_run):
     output, board = finished_run
     recs = records(output)
-    # 4 built-in strategies + the from-scratch reference row
+    # 4 strategies + the from-scratch reference row (strategy scratch, random weights)
     assert sorted((r["strategy"], r["weights"]) for r in recs) == sorted(
         [
             ("linear_probe", "imagenet"),
             ("partial:2", "imagenet"),
             ("full", "imagenet"),
             ("two_stage", "imagenet"),
-            ("full", "random"),
+            ("scratch", "random"),
         ]
     )
     for r in recs:
@@ -92,13 +93,15 @@ def test_run_writes_records_and_leaderboard(finished_run):
     assert two["head"] == 170 and two["finetune"] == by[("full", "imagenet")]["total_params"]
     text = board.read_text()
     assert "### synth" in text and "epochs to 95% ↓" in text and "partial:2" in text
+    pictures = [line.split("](", 1)[1][:-1] for line in text.splitlines() if line.startswith("![")]
+    assert len(pictures) == 4 and all((board.parent / p).is_file() for p in pictures)
 
 
 def test_rerun_adds_no_records_and_force_recomputes(finished_run):
     output, board = finished_run
     before = records(output)
     again = invoke(
-        RUN + ["--strategies", "all", "--output", str(output), "--benchmarks", str(board)]
+        RUN + ["--strategies", FOUR, "--output", str(output), "--benchmarks", str(board)]
     )
     assert again.exit_code == 0
     assert "already recorded" in again.output

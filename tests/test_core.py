@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_benchmarks_md_is_up_to_date_with_results():
     """BENCHMARKS.md is generated: it must equal what `tlbench leaderboard` writes."""
     assert not leaderboard.is_stale(REPO / "results", REPO / "BENCHMARKS.md"), (
-        "BENCHMARKS.md is stale: run `tlbench leaderboard` and commit it")
+        "BENCHMARKS.md is stale: run `tlbench leaderboard` and commit it"
+    )
 
 
 def test_epochs_to_threshold_first_crossing_and_censoring():
@@ -79,7 +80,9 @@ def test_seed_and_threshold_parsing():
     assert parse_seeds("3") == [0, 1, 2]
     assert parse_seeds("0,5,7") == [0, 5, 7]
     assert parse_thresholds("97,fashion=90", ["mnist", "fashion"]) == {
-        "mnist": 97.0, "fashion": 90.0}
+        "mnist": 97.0,
+        "fashion": 90.0,
+    }
     with pytest.raises(TlbenchError, match="percentage"):
         parse_thresholds("101", ["mnist"])
 

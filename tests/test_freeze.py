@@ -34,16 +34,25 @@ class SneakyStrategies:
     @hookimpl
     def register_strategies(self, register):
         probe = lambda n, a: [Phase("head")]  # noqa: E731
-        register(StrategySpec("sneaky_bn", "claims frozen, trains BN stats", probe,
-                              prepare=_keep_bn_training))
-        register(StrategySpec("sneaky_weights", "claims frozen, edits weights", probe,
-                              prepare=_nudge_weights))
+        register(
+            StrategySpec(
+                "sneaky_bn", "claims frozen, trains BN stats", probe, prepare=_keep_bn_training
+            )
+        )
+        register(
+            StrategySpec(
+                "sneaky_weights", "claims frozen, edits weights", probe, prepare=_nudge_weights
+            )
+        )
 
 
-@pytest.mark.parametrize("strategy,violation", [
-    ("sneaky_bn", "stages.0.1.running_mean"),
-    ("sneaky_weights", "stages.0.0.weight"),
-])
+@pytest.mark.parametrize(
+    "strategy,violation",
+    [
+        ("sneaky_bn", "stages.0.1.running_mean"),
+        ("sneaky_weights", "stages.0.0.weight"),
+    ],
+)
 def test_secret_training_is_caught(tiny_plugin, tmp_path, strategy, violation):
     record = run_tiny(tmp_path, strategy, extra_plugins=[SneakyStrategies()])
     assert record["status"] == "ok"

@@ -43,9 +43,45 @@ class BatchAdapter:
                 align_corners=False,
                 antialias=x.shape[-1] > self.resolution,
             )
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = x * self.scale + self.shift
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        # One pass: 1 -> 3 channels by broadcasting, normalized, written in the memory
+        # format the model wants (no expand/multiply/add/copy temporaries).
+        n, _, h, w = x.shape
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        out = torch.empty((n, 3, h, w), device=x.device, memory_format=layout)
+        return torch.addcmul(self.shift, x, self.scale, out=out)
+
+
+class RandomShift:
+    """Random translation by up to ``pixels`` of the raw uint8 batch, zero-padded.
+
+    ``RandomCrop(side, padding=pixels)`` done for a whole batch on the device with one
+    gather; seeded, so a cell stays reproducible.  The frozen prefix then sees new
+    inputs every epoch, so a cell with augmentation cannot use the feature cache.
+    """
+
+    def __init__(self, pixels: int, device: torch.device, seed: int):
+        self.pixels = pixels
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    @classmethod
+    def parse(cls, spec: str, device: torch.device, seed: int) -> RandomShift:
+        """``shift`` (2 px) or ``shift:N``; the text a cell's settings store."""
+        from tlbench.errors import TlbenchError
+
+        kind, _, arg = spec.partition(":")
+        if kind != "shift" or not (arg or "2").isdigit() or not 0 < int(arg or "2") <= 64:
+            raise TlbenchError(
+                f"--augment {spec!r} is not supported: use shift or shift:N (N in 1..64 "
+                "pixels of the raw image), or none."
+            )
+        return cls(int(arg or "2"), device, seed)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        p, (n, h, w) = self.pixels, images.shape[:3]
+        padded = F.pad(images.movedim((1, 2), (-2, -1)), (p, p, p, p)).movedim((-2, -1), (1, 2))
+        dy, dx = torch.randint(
+            0, 2 * p + 1, (2, n, 1), device=images.device, generator=self.generator
+        )
+        rows = (dy + torch.arange(h, device=images.device))[:, :, None]
+        cols = (dx + torch.arange(w, device=images.device))[:, None, :]
+        return padded[torch.arange(n, device=images.device)[:, None, None], rows, cols]

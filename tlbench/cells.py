@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from tlbench.plan import Cell, Settings
 from tlbench.registry import Registry
 
-REFERENCE = ("full", "random")  # the from-scratch row: strategy, weights
+REFERENCE = ("scratch", "random")  # the from-scratch row: strategy, weights
 
 
 @dataclass(frozen=True)
@@ -18,20 +18,26 @@ class Choices:
     seeds: list[int]
     weights: str
     thresholds: dict[str, float]
-    reference: bool  # add a from-scratch (random init, full) row per backbone
+    reference: bool  # add a from-scratch (``scratch``: random init, all train) row
 
 
 def expand(choices: Choices, settings: Settings, registry: Registry) -> list[Cell]:
     """Cross-product dataset x backbone x strategy x seed, plus the reference rows."""
     cells: list[Cell] = []
+    if choices.weights.startswith("pretrain:"):  # the source must be a registered dataset
+        registry.get("datasets", choices.weights.split(":", 1)[1])
     for dataset in choices.datasets:
         for backbone in choices.backbones:
             spec = registry.get("backbones", backbone)
             resolution = settings.resolution or spec.input_size
-            rows = [(canonical_strategy(s, registry), choices.weights) for s in choices.strategies]
+            rows = [
+                (canonical_strategy(s, registry), registry.get("strategies", s).weights)
+                for s in choices.strategies
+            ]
+            rows = [(s, forced or choices.weights) for s, forced in rows]
             if choices.reference and choices.weights != REFERENCE[1]:
                 rows.append(REFERENCE)
-            for strategy, weights in rows:
+            for strategy, weights in dict.fromkeys(rows):
                 for seed in choices.seeds:
                     cells.append(
                         Cell(

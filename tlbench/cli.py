@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +15,7 @@ from tlbench import leaderboard
 from tlbench import registry as plugin_registry
 from tlbench.cells import Choices, expand
 from tlbench.device import resolve_device
-from tlbench.errors import TlbenchError
+from tlbench.errors import Interrupted, TlbenchError, TlbenchWarning
 from tlbench.plan import Cell, make_settings, parse_seeds, parse_thresholds
 from tlbench.records import check_writable, finished_hashes, load_records, run_dir
 from tlbench.registry import KINDS, Registry
@@ -39,20 +40,45 @@ DEFAULT_DATASETS = "mnist,fashion"
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _OneLineWarnings(warnings.showwarning)
+            code = app(standalone_mode=False)  # typer.Exit(n) comes back as n here
+    except Interrupted as exc:  # SIGINT/SIGTERM: finished records kept, say how to resume
+        err_console.print(f"[bold yellow]{exc}[/]", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except TlbenchError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
+    except Exception as exc:  # click usage errors carry their own exit code (2)
         code = getattr(exc, "exit_code", None)
         if code is None:
             raise
-        if hasattr(exc, "show"):
-            exc.show()
+        if hasattr(exc, "format_message"):  # one line, like tlbench's own errors
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            message = " ".join(exc.format_message().split()) + hint
+            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+class _OneLineWarnings:
+    """tlbench's own warnings (a broken plugin, a corrupt record line): one line each,
+    once per command; other warnings keep Python's format."""
+
+    def __init__(self, fallback):
+        self.fallback, self.shown = fallback, set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if not issubclass(category, TlbenchWarning):
+            self.fallback(message, category, filename, lineno, file, line)
+        elif str(message) not in self.shown:
+            self.shown.add(str(message))
+            err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -62,7 +88,9 @@ def run(
         DEFAULT_STRATEGIES, help="Comma list or 'all'; arguments as name:arg (partial:1)."
     ),
     datasets: str = typer.Option(DEFAULT_DATASETS, help="Comma list or 'all'."),
-    weights: str = typer.Option("imagenet", help="imagenet, random, or a state-dict file."),
+    weights: str = typer.Option(
+        "imagenet", help="imagenet, random, a state-dict file, or pretrain:<dataset>."
+    ),
     epochs: Optional[int] = typer.Option(None, help="Epoch budget per cell [profile]."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size [profile]."),
     lr: float = typer.Option(1e-3, help="Adam learning rate of the head (base LR)."),
@@ -78,8 +106,12 @@ def run(
     threshold: str = typer.Option("95", help="Percent; per dataset like 95,fashion=90."),
     evals_per_epoch: int = typer.Option(4, help="Validation evaluations per epoch."),
     head_hidden: int = typer.Option(0, help="Hidden units of an MLP head (0: Linear)."),
-    reference: bool = typer.Option(True, help="Add a from-scratch row (random init, full)."),
+    reference: bool = typer.Option(True, help="Add the from-scratch row (strategy scratch)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    augment: str = typer.Option(
+        "none", help="Training augmentation: shift or shift:N px (turns the feature cache off)."
+    ),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile every stage."),
     output: Path = typer.Option(Path("results"), help="Results directory."),
     run_name: Optional[str] = typer.Option(
         None, help="Sub-directory of --output [device-resolution-train-epochs]."
@@ -100,6 +132,7 @@ def run(
         lr,
         evals_per_epoch,
         head_hidden,
+        augment=augment,
         epochs=epochs,
         batch_size=batch_size,
         resolution=resolution,
@@ -132,7 +165,9 @@ def run(
         return
     check_writable(directory)
     runner = Runner(registry, pm.hook, hw, directory, data_dir)
+    runner.compile_model = compile_model
     runner.prepare_data([c for c in cells if c not in blocked])
+    runner.prepare_models([c for c in cells if c not in blocked])
     outcome = _execute(runner, cells, blocked, force)
     path = leaderboard.write(output, benchmarks)
     console.print(summary_table(outcome))
@@ -159,6 +194,13 @@ def _report(outcome, directory: Path, benchmarks: Path) -> None:
     )
     for reason in dict.fromkeys(r for _, r in outcome.skipped):
         console.print(f"[yellow]skipped:[/] {reason}", highlight=False)
+    for record in outcome.failed:
+        console.print(
+            f"[red]failed:[/] {record['backbone']} / {record['strategy']} / "
+            f"{record['dataset']} / seed {record['seed']}: {record['error']} "
+            f"(traceback: {record.get('traceback_file', '-')})",
+            highlight=False,
+        )
 
 
 def _weights_label(text: str) -> str:
@@ -275,3 +317,8 @@ def leaderboard_cmd(
         console.print(f"{path} is up to date.")
         return
     console.print(f"wrote {leaderboard.write(output, path)}")
+
+
+from tlbench.cli_bench import bench  # noqa: E402 - registered last, after the app exists
+
+app.command("bench")(bench)

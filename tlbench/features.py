@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Callable, Hashable, Optional
+from typing import Callable, Hashable, Optional, Union
 
 import torch
 
 from tlbench.adapt import BatchAdapter
+from tlbench.device import synchronize
 from tlbench.model import StagedModel
 
 
@@ -38,6 +39,7 @@ class FeatureCache:
         self.device_budget, self.host_budget = budgets or default_budgets(device)
         self.entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
         self.hits = 0
+        self.misses = 0
 
     def used(self, where: str) -> int:
         kind = "cpu" if where == "host" else self.device.type
@@ -52,19 +54,29 @@ class FeatureCache:
         return "host" if nbytes <= self.host_budget else "none"
 
     def get(
-        self, key: Hashable, nbytes: int, compute: Callable[[torch.device], torch.Tensor]
+        self,
+        key: Hashable,
+        nbytes: Union[int, Callable[[], int]],
+        compute: Callable[[torch.device], torch.Tensor],
     ) -> tuple[Optional[torch.Tensor], str]:
-        """Cached tensor and where it lives, computing it on a miss; (None, 'none') if too big."""
+        """Cached tensor and where it lives, computing it on a miss; (None, 'none') if too big.
+
+        ``nbytes`` may be a function: it is then asked only on a miss.
+        """
         if key in self.entries:
             self.entries.move_to_end(key)
             self.hits += 1
             return self.entries[key], self._label(self.entries[key])
+        self.misses += 1
+        nbytes = nbytes() if callable(nbytes) else nbytes
         where = self.place_for(nbytes)
         if where == "none":
             return None, "none"
         self._evict(where, nbytes)
         target = self.device if where == "device" else torch.device("cpu")
         tensor = compute(target)
+        if where == "host" and self.device.type == "cuda":
+            tensor = tensor.pin_memory()  # batches gathered from it copy asynchronously
         self.entries[key] = tensor
         return tensor, self._label(tensor)
 
@@ -92,8 +104,12 @@ def compute_prefix(
     target: torch.device,
     autocast: bool,
 ) -> torch.Tensor:
-    """stages[:stop] applied in eval mode to every image, batched, stored on ``target``."""
-    was_training = [m.training for m in model.stages]
+    """stages[:stop] applied in eval mode to every image, batched, stored on ``target``.
+
+    Every module's own mode is restored afterwards (a phase may keep single modules of a
+    trainable stage in eval mode, so a recursive ``train()`` would not do).
+    """
+    modes = [(module, module.training) for module in model.stages.modules()]
     model.stages.eval()
     outputs = []
     try:
@@ -102,9 +118,11 @@ def compute_prefix(
             with _autocast(x.device, autocast):
                 y = model.forward_stages(x, 0, stop)
             outputs.append(y.to(target, non_blocking=True))
+        if target.type == "cpu":
+            synchronize(images.device)  # device-to-host copies above may still be in flight
     finally:
-        for module, mode in zip(model.stages, was_training, strict=True):
-            module.train(mode)
+        for module, mode in modes:
+            module.training = mode
     return torch.cat(outputs)
 
 

@@ -56,3 +56,35 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
         return mean, 0.0
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, math.sqrt(var)
+
+
+ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017
+
+
+def confidence_stats(
+    confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS
+) -> dict[str, Optional[float]]:
+    """Mean max-softmax on correct and on wrong predictions, and the calibration error.
+
+    ECE = sum over equal-width confidence bins of (bin share) x |accuracy - mean confidence|;
+    a prediction with confidence c falls in bin ceil(c * bins) (c = 1 in the last).  All
+    three are probabilities in [0, 1]; a mean over no predictions is ``None``.
+    """
+    conf = confidence.double().cpu()
+    hit = correct.bool().cpu()
+    index = (conf * bins).ceil().long().clamp(1, bins) - 1
+    ece = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            gap = hit[members].double().mean() - conf[members].mean()
+            ece += float(members.double().mean() * gap.abs())
+    return {
+        "confidence_correct": _mean_or_none(conf[hit]),
+        "confidence_wrong": _mean_or_none(conf[~hit]),
+        "ece": round(ece, 6),
+    }
+
+
+def _mean_or_none(values: torch.Tensor) -> Optional[float]:
+    return round(float(values.mean()), 6) if len(values) else None

@@ -43,6 +43,7 @@ class Settings:
     test_size: Optional[int]
     evals_per_epoch: int
     head_hidden: int = 0
+    augment: str = "none"  # training-input augmentation, e.g. shift:2 (turns the cache off)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Cell:
         data = asdict(self)
         data.update(data.pop("settings"))
         data["resolution"] = self.resolution
+        if data["augment"] == "none":
+            del data["augment"]  # config hashes of cells without augmentation stay as they were
         return data
 
     @property
@@ -140,10 +143,21 @@ def check_ranges(settings: Settings) -> None:
             raise TlbenchError(f"{flag} {value} is out of range: accepted {low}..{high}.")
     if not 0 < settings.lr < 10:
         raise TlbenchError(f"--lr {settings.lr} is out of range: accepted 0 < lr < 10.")
+    if settings.augment != "none":
+        import torch
+
+        from tlbench.adapt import RandomShift
+
+        RandomShift.parse(settings.augment, torch.device("cpu"), 0)  # raises if unknown
 
 
 def make_settings(
-    is_cuda: bool, lr: float, evals_per_epoch: int, head_hidden: int = 0, **given: Optional[int]
+    is_cuda: bool,
+    lr: float,
+    evals_per_epoch: int,
+    head_hidden: int = 0,
+    augment: str = "none",
+    **given: Optional[int],
 ) -> Settings:
     """Settings from what the user gave, the rest from the device's profile."""
     profile = CUDA_PROFILE if is_cuda else CPU_PROFILE
@@ -151,6 +165,8 @@ def make_settings(
     if unknown:
         raise ValueError(f"not profile settings: {sorted(unknown)}")
     values = {k: given[k] if given.get(k) is not None else v for k, v in profile.items()}
-    settings = Settings(lr=lr, evals_per_epoch=evals_per_epoch, head_hidden=head_hidden, **values)
+    settings = Settings(
+        lr=lr, evals_per_epoch=evals_per_epoch, head_hidden=head_hidden, augment=augment, **values
+    )
     check_ranges(settings)
     return settings

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
+import gc
 import platform
+import signal
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,15 +17,15 @@ from typing import Optional
 import torch
 
 from tlbench import __version__
-from tlbench.adapt import BatchAdapter
+from tlbench.adapt import BatchAdapter, RandomShift
 from tlbench.data.loaded import Splits
 from tlbench.data.splits import make_splits
-from tlbench.device import DeviceInfo
-from tlbench.errors import DataUnavailable, TlbenchError
+from tlbench.device import DeviceInfo, channels_last_for
+from tlbench.errors import DataUnavailable, Interrupted, PluginError, TlbenchError
 from tlbench.features import FeatureCache
 from tlbench.model import StagedModel
 from tlbench.plan import Cell
-from tlbench.records import Record, append_record, finished_hashes, load_records
+from tlbench.records import RECORDS_FILE, Record, append_record, finished_hashes, load_records
 from tlbench.registry import Registry
 from tlbench.train import CellTrainer, Diverged, TrainConfig
 from tlbench.weights import WeightsChoice, WeightsUnavailable
@@ -49,6 +53,8 @@ class Progress:
 
 
 class Runner:
+    compile_model = False  # --compile: torch.compile each stage (not in the cell hash)
+
     def __init__(
         self,
         registry: Registry,
@@ -64,32 +70,95 @@ class Runner:
         self.cache = FeatureCache(device.device)
         self._splits: dict[tuple, tuple[Splits, str]] = {}
         self._models: dict[tuple, StagedModel] = {}
+        self._in_flight: Optional[Cell] = None  # started, record not yet stored
 
     def prepare_data(self, cells: list[Cell]) -> None:
         """Load and split every dataset up front: bad data or sizes fail before training."""
         for cell in {(c.dataset, c.settings): c for c in cells}.values():
             self.splits_for(cell)
 
+    def prepare_models(self, cells: list[Cell]) -> None:
+        """Build each backbone once and check each strategy argument, before training.
+
+        A bad ``name:arg``, or a ``--weights`` file that is not a state dict, that
+        ``weights_only=True`` refuses or that does not fit the architecture, is bad input
+        (a TlbenchError: exit 2), not one failed cell per cell.  A plugin bug is left for
+        its cells to record (with a traceback); missing weights for them to skip.
+        """
+        groups: dict[tuple[str, str], list[Cell]] = {}
+        for cell in cells:
+            if not cell.weights.startswith("pretrain:"):  # source-training waits for its cell
+                groups.setdefault((cell.backbone, cell.weights), []).append(cell)
+        for group in groups.values():
+            model = self._prepared_backbone(group[0])
+            for text in dict.fromkeys(c.strategy for c in group) if model else ():
+                name, _, arg = text.partition(":")
+                spec = self.registry.get("strategies", name)
+                try:
+                    epochs = group[0].settings.epochs
+                    spec.phases(len(model.stages), arg or spec.default_arg, epochs)
+                except TlbenchError:
+                    raise
+                except Exception:  # noqa: BLE001 - a plugin bug: its cells record it
+                    continue
+
+    def _prepared_backbone(self, cell: Cell) -> Optional[StagedModel]:
+        try:
+            return self._backbone(cell)
+        except (PluginError, WeightsUnavailable, DataUnavailable):
+            return None  # the cells record the broken plugin or skip the missing weights
+        except TlbenchError:
+            raise
+        except Exception:  # noqa: BLE001 - a plugin bug: its cells record it with a traceback
+            return None
+
     def run(self, cells: list[Cell], force: bool = False) -> Outcome:
+        """Run ``cells`` in order; SIGINT/SIGTERM raise :class:`Interrupted` between steps."""
         outcome = Outcome()
         done = set() if force else finished_hashes(load_records(self.directory))
-        for index, cell in enumerate(cells):
-            if cell.config_hash in done:
-                outcome.already_done.append(cell)
-                continue
-            self.progress.cell_started(cell, index, len(cells))
-            self.hooks.cell_started(cell=cell)
-            try:
-                record = self.run_cell(cell)
-            except (WeightsUnavailable, DataUnavailable) as exc:
-                outcome.skipped.append((cell, str(exc)))
-                self.progress.cell_finished(cell, None, f"skipped: {exc}")
-                continue
+        guard = SignalGuard()
+        try:
+            with guard.active():
+                for index, cell in enumerate(cells):
+                    if cell.config_hash in done:
+                        outcome.already_done.append(cell)
+                        continue
+                    self._run_one(cell, index, len(cells), outcome, guard)
+        except Interrupted as exc:
+            exc.message = self._interrupted_message(exc, outcome)
+            raise
+        finally:
+            self._in_flight = None
+        return outcome
+
+    def _run_one(
+        self, cell: Cell, index: int, total: int, outcome: Outcome, guard: SignalGuard
+    ) -> None:
+        self._in_flight = cell
+        self.progress.cell_started(cell, index, total)
+        self.hooks.cell_started(cell=cell)
+        try:
+            record = self.run_cell(cell)
+        except (WeightsUnavailable, DataUnavailable) as exc:
+            outcome.skipped.append((cell, str(exc)))
+            self._in_flight = None
+            self.progress.cell_finished(cell, None, f"skipped: {exc}")
+            return
+        with guard.deferred():  # a signal here waits until the record is stored
             append_record(self.directory, record)
             outcome.ran.append(record)
-            self.hooks.cell_finished(cell=cell, record=record)
-            self.progress.cell_finished(cell, record)
-        return outcome
+            self._in_flight = None
+        self.hooks.cell_finished(cell=cell, record=record)
+        self.progress.cell_finished(cell, record)
+
+    def _interrupted_message(self, exc: Interrupted, outcome: Outcome) -> str:
+        cell = self._in_flight
+        flight = f"abandoned the cell in flight ({cell.label()}); " if cell else ""
+        return (
+            f"interrupted by {exc.signame}: {flight}{len(outcome.ran)} cells finished in "
+            f"this run and every finished record is kept in {self.directory / RECORDS_FILE}. "
+            "To resume, run the same command again: recorded cells are skipped."
+        )
 
     def run_cell(self, cell: Cell) -> Record:
         """Train one cell; any failure inside becomes a failed record, never a crash."""
@@ -114,29 +183,39 @@ class Runner:
             }
 
     def _train_with_oom_retry(self, cell: Cell) -> dict:
-        batch = cell.settings.batch_size
+        batch, tried = cell.settings.batch_size, []
         while True:
             try:
                 return {**self._train(cell, batch), "status": "ok", "batch_size": batch}
-            except torch.cuda.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError as exc:
+                tried.append(str(batch))
                 if batch <= 1:
-                    raise
-                batch //= 2
-                self.cache.entries.clear()
-                torch.cuda.empty_cache()
+                    raise OutOfMemory(
+                        f"out of memory at every batch size tried ({', '.join(tried)}): "
+                        f"{_first_line(exc)}"
+                    ) from exc
+            # Out of the except block: the traceback no longer pins the failed step's
+            # tensors, so emptying the allocator's cache really frees them.
+            batch //= 2
+            self.cache.entries.clear()
+            gc.collect()
+            torch.cuda.empty_cache()
 
     def _train(self, cell: Cell, batch_size: int) -> dict:
         started = dt.datetime.now(dt.timezone.utc)
         splits, source = self.splits_for(cell)
         model, strategy_arg, strategy = self._model_for(cell)
-        phases = strategy.plan(len(model.stages), strategy_arg)
+        phases = strategy.phases(len(model.stages), strategy_arg, cell.settings.epochs)
         backbone = self.registry.get("backbones", cell.backbone)
+        trains_backbone = any(phase.train_stages for phase in phases)
+        channels_last = channels_last_for(self.device, model, trains_backbone)
+        model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         adapter = BatchAdapter(
             cell.resolution,
             backbone.mean,
             backbone.std,
             self.device.device,
-            channels_last=self.device.is_cuda,
+            channels_last=channels_last,
         )
         config = TrainConfig(
             epochs=cell.settings.epochs,
@@ -148,6 +227,8 @@ class Runner:
             num_classes=self._dataset(cell).num_classes,
             autocast=self.device.is_cuda,
             cache_key=self._cache_key(cell, strategy),
+            augment=augmentation(cell, self.device.device),
+            compile=self.compile_model,
         )
         trainer = CellTrainer(
             model,
@@ -167,6 +248,8 @@ class Runner:
             "data_source": source,
             "split_sizes": splits.sizes(),
             "weights_source": model.weights_source,
+            "channels_last": channels_last,
+            **getattr(model, "pretrain_info", {}),  # --weights pretrain:<dataset>
         }
 
     # ---- shared, cached inputs --------------------------------------------------------
@@ -182,23 +265,36 @@ class Runner:
             self._splits[key] = (splits.to(self.device.device), loaded.source)
         return self._splits[key]
 
-    def _model_for(self, cell: Cell):
-        """A fresh copy of the backbone (built once per weights), the head seeded per cell."""
-        name, _, arg = cell.strategy.partition(":")
-        strategy = self.registry.get("strategies", name)
+    def _backbone(self, cell: Cell) -> StagedModel:
+        """The backbone as built from its weights: once per weights (and seed if random)."""
         weights = WeightsChoice.parse(cell.weights)
         key = (cell.backbone, cell.weights, cell.seed if weights.kind == "random" else None)
         if key not in self._models:
             torch.manual_seed(cell.seed)
-            self._models[key] = self.registry.get("backbones", cell.backbone).build(weights)
-        model = copy.deepcopy(self._models[key])
+            if weights.kind == "pretrain":  # trained here on the source, or from the cache
+                from tlbench.pretrain import pretrained_backbone
+
+                model = pretrained_backbone(self, cell)
+            else:
+                model = self.registry.get("backbones", cell.backbone).build(weights)
+            plugin = self.registry.plugin_of("backbones", cell.backbone)
+            self._models[key] = check_backbone(model, cell.backbone, plugin, cell.resolution)
+        return self._models[key]
+
+    def _model_for(self, cell: Cell):
+        """A fresh copy of the backbone (built once per weights), the head seeded per cell."""
+        name, _, arg = cell.strategy.partition(":")
+        strategy = self.registry.get("strategies", name)
+        if strategy.weights is not None and cell.weights != strategy.weights:
+            raise TlbenchError(  # cells.expand gives such strategies their own weights
+                f"strategy {name} starts from {strategy.weights!r} weights, not {cell.weights!r}"
+            )
+        model = copy.deepcopy(self._backbone(cell))
         torch.manual_seed(cell.seed)  # same head init for every strategy of a seed: paired
         model.set_head(self._dataset(cell).num_classes, cell.settings.head_hidden)
         if strategy.prepare is not None:
             strategy.prepare(model, arg or strategy.default_arg)
         model.to(self.device.device)
-        if self.device.is_cuda:
-            model.to(memory_format=torch.channels_last)
         return model, arg or strategy.default_arg, strategy
 
     def _cache_key(self, cell: Cell, strategy) -> tuple:
@@ -250,19 +346,128 @@ class Runner:
         return str(path)
 
 
+class OutOfMemory(RuntimeError):
+    """CUDA ran out of memory even at batch size 1: the cell fails with this reason."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def check_backbone(model: object, name: str, plugin: str, resolution: int) -> StagedModel:
+    """Hold a backbone plugin to its contract, with an error that names the plugin.
+
+    ``build`` must return a :class:`StagedModel` whose stages map a ``[B, 3, R, R]`` batch
+    to ``[B, num_features]`` pooled features (tlbench attaches the classifier head).
+    One probe image at the cell's resolution checks that before any training.
+    """
+    where = f"backbone {name!r} from plugin {plugin!r}"
+    if not isinstance(model, StagedModel):
+        raise PluginError(
+            f"{where}: build() returned a {type(model).__name__}, expected a "
+            "tlbench.model.StagedModel (ordered stages ending in pooled features, no "
+            "classifier); split it with tlbench.backbones_util.staged_from_layout."
+        )
+    if len(model.stages) == 0 or not isinstance(model.num_features, int):
+        raise PluginError(f"{where}: build() returned a StagedModel without stages.")
+    was_training = model.training
+    device = next(model.parameters(), torch.empty(0)).device
+    try:
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, resolution, resolution, device=device)
+            out = model.eval().forward_stages(probe)
+    except Exception as exc:  # noqa: BLE001 - reported with the plugin's name
+        raise PluginError(
+            f"{where}: its stages fail on a 1x3x{resolution}x{resolution} input: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (1, model.num_features):
+        raise PluginError(
+            f"{where}: its stages output shape {tuple(out.shape)} for one image, but "
+            f"num_features={model.num_features}; the last stage must pool to "
+            f"[batch, num_features] so tlbench can attach the classifier head."
+        )
+    return model
+
+
+class SignalGuard:
+    """While active, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread.
+
+    Python runs signal handlers between bytecodes, so the exception surfaces inside the
+    step loop and unwinds the cell in flight; nothing of it is recorded.  The first
+    signal restores the previous handlers, so a second one acts at once.  Inside
+    :meth:`deferred` (storing a record) the signal waits until the block ends.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._previous: dict[int, object] = {}
+        self._deferring = False
+        self._pending: Optional[int] = None
+
+    @contextlib.contextmanager
+    def active(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            self._restore()
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            if self._pending is not None:
+                raise Interrupted(self._pending)
+
+    def _handle(self, signum: int, frame) -> None:
+        self._restore()
+        if self._deferring:
+            self._pending = signum
+            return
+        raise Interrupted(signum)
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def augmentation(cell: Cell, device: torch.device) -> Optional[RandomShift]:
+    """The cell's ``--augment`` setting as a seeded transform, or None."""
+    spec = getattr(cell.settings, "augment", "none")
+    return None if spec == "none" else RandomShift.parse(spec, device, cell.seed)
+
+
 def availability(registry: Registry, data_dir: Optional[str]):
     """A function telling, per cell, why it cannot run here (or None). Corrupt data raises."""
     data_reasons: dict[str, Optional[str]] = {}
 
-    def check(cell: Cell) -> Optional[str]:
-        if cell.dataset not in data_reasons:
+    def data_reason(dataset: str) -> Optional[str]:
+        if dataset not in data_reasons:
             try:
-                registry.get("datasets", cell.dataset).probe(data_dir)
-                data_reasons[cell.dataset] = None
+                registry.get("datasets", dataset).probe(data_dir)
+                data_reasons[dataset] = None
             except DataUnavailable as exc:
-                data_reasons[cell.dataset] = str(exc)
-        if data_reasons[cell.dataset]:
+                data_reasons[dataset] = str(exc)
+        return data_reasons[dataset]
+
+    def check(cell: Cell) -> Optional[str]:
+        if data_reason(cell.dataset):
             return data_reasons[cell.dataset]
+        if cell.weights.startswith("pretrain:"):  # the source dataset must be here too
+            reason = data_reason(cell.weights.split(":", 1)[1])
+            return f"pretraining source: {reason}" if reason else None
         if cell.weights == "imagenet":
             return registry.get("backbones", cell.backbone).imagenet_unavailable()
         return None

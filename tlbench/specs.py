@@ -58,11 +58,18 @@ class Phase:
     stage_lr_decay: float = 1.0
     # Optional finer selection inside trainable stages: (param_name, param) -> bool.
     param_filter: Optional[Callable[[str, nn.Parameter], bool]] = None
+    # Optional selection by the module that owns a parameter (e.g. norm layers only);
+    # a parameter trains when both filters accept it.
+    module_filter: Optional[Callable[[nn.Module], bool]] = None
 
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """A freeze strategy: a plan of phases for a model with ``num_stages`` stages."""
+    """A freeze strategy: a plan of phases for a model with ``num_stages`` stages.
+
+    ``plan(num_stages, arg)`` returns the phases; a plan that also accepts the keyword
+    ``epochs`` gets the cell's epoch budget (``gradual_unfreeze`` needs it).
+    """
 
     name: str
     description: str
@@ -71,6 +78,17 @@ class StrategySpec:
     default_arg: Optional[str] = None
     # Optional hook that edits the model before training (e.g. adapters).
     prepare: Optional[Callable[[StagedModel, Optional[str]], None]] = None
+    # Weights the strategy always starts from, whatever --weights says (``scratch``:
+    # "random"); the cell, its hash and its record carry these weights.
+    weights: Optional[str] = None
+
+    def phases(self, num_stages: int, arg: Optional[str], epochs: int) -> list[Phase]:
+        """The plan for a cell; ``epochs`` (the budget) goes only to plans that take it."""
+        import inspect
+
+        if "epochs" in inspect.signature(self.plan).parameters:
+            return self.plan(num_stages, arg, epochs=epochs)
+        return self.plan(num_stages, arg)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,32 @@
-"""Built-in freeze strategies, registered through the same hook as any plugin."""
+"""Built-in freeze strategies, registered through the same hook as any plugin.
+
+Each strategy is a plan of phases (see :class:`tlbench.specs.Phase`); the trainer turns
+a phase into ``requires_grad`` flags, optimizer groups and BatchNorm modes, and verifies
+after training that everything a plan left frozen is bit-identical.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
+
+from torch import nn
 
 from tlbench.errors import TlbenchError
 from tlbench.hookspecs import hookimpl
 from tlbench.specs import Phase, StrategySpec
 
 TWO_STAGE_LR_SCALE = 0.1  # the seeds' method: fine-tune at a tenth of the head's LR
+# Layer-wise LR decay per stage from the head down: the last stage trains at 0.7 x the
+# head's LR, the stem of a 9-stage EfficientNet at 0.7**9 = 0.04 x (ULMFiT uses 1/2.6
+# per layer of a 3-layer LSTM; CNN/ViT fine-tuning recipes use 0.65-0.8 per block).
+DISCRIMINATIVE_DECAY = "0.7"
+LORA_RANK = "8"  # peft's default rank
+GRADUAL_STAGES_PER_EPOCH = "1"  # ULMFiT: one more layer group each epoch
+
+# Normalization layers whose affine parameters norm_only trains (timm's BatchNormAct2d,
+# LayerNorm2d and friends subclass these).
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def _int_arg(name: str, arg: Optional[str], default: int, low: int = 1) -> int:
@@ -21,6 +39,24 @@ def _int_arg(name: str, arg: Optional[str], default: int, low: int = 1) -> int:
     return int(text)
 
 
+def _factor_arg(name: str, arg: Optional[str], default: str) -> float:
+    text = arg if arg is not None else default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise TlbenchError(
+            f"strategy {name}:{text} is invalid: the argument must be a factor in (0, 1] "
+            f"(e.g. {name}:{default})."
+        )
+    return value
+
+
+def _all(num_stages: int) -> list[int]:
+    return list(range(num_stages))
+
+
 def linear_probe(num_stages: int, arg: Optional[str]) -> list[Phase]:
     return [Phase("head")]
 
@@ -31,23 +67,127 @@ def partial(num_stages: int, arg: Optional[str]) -> list[Phase]:
 
 
 def full(num_stages: int, arg: Optional[str]) -> list[Phase]:
-    return [Phase("all", train_stages=list(range(num_stages)))]
+    return [Phase("all", train_stages=_all(num_stages))]
 
 
 def two_stage(num_stages: int, arg: Optional[str]) -> list[Phase]:
     return [
         Phase("head", epoch_fraction=0.5),
-        Phase("finetune", epoch_fraction=0.5, train_stages=list(range(num_stages)),
-              lr_scale=TWO_STAGE_LR_SCALE),
+        Phase(
+            "finetune",
+            epoch_fraction=0.5,
+            train_stages=_all(num_stages),
+            lr_scale=TWO_STAGE_LR_SCALE,
+        ),
     ]
+
+
+def gradual_unfreeze(
+    num_stages: int, arg: Optional[str], epochs: Optional[int] = None
+) -> list[Phase]:
+    """Epoch 1 trains the head; each later epoch unfreezes ``k`` more stages from the top.
+
+    One phase per epoch until every stage trains; the last phase takes the rest of the
+    budget.  A budget shorter than the schedule simply never reaches the stem.
+    """
+    k = _int_arg("gradual_unfreeze", arg, int(GRADUAL_STAGES_PER_EPOCH))
+    schedule = math.ceil(num_stages / k) + 1  # head-only, then one step per epoch
+    budget = epochs if epochs is not None else schedule
+    count = min(budget, schedule)
+    phases = []
+    for i in range(count):
+        top = min(i * k, num_stages)
+        fraction = 1.0 if i < count - 1 else float(budget - i)
+        stages = list(range(num_stages - top, num_stages))
+        phases.append(Phase(f"last{top}" if top else "head", fraction, train_stages=stages))
+    return phases
+
+
+def discriminative_lr(num_stages: int, arg: Optional[str]) -> list[Phase]:
+    factor = _factor_arg("discriminative_lr", arg, DISCRIMINATIVE_DECAY)
+    return [Phase("all", train_stages=_all(num_stages), stage_lr_decay=factor)]
+
+
+def is_bias(name: str, param: Optional[nn.Parameter] = None) -> bool:
+    return name.rsplit(".", 1)[-1] == "bias"
+
+
+def bitfit(num_stages: int, arg: Optional[str]) -> list[Phase]:
+    return [Phase("bias", train_stages=_all(num_stages), param_filter=is_bias)]
+
+
+def is_norm(module: nn.Module) -> bool:
+    return isinstance(module, NORM_TYPES)
+
+
+def norm_only(num_stages: int, arg: Optional[str]) -> list[Phase]:
+    return [Phase("norm", train_stages=_all(num_stages), module_filter=is_norm)]
+
+
+def lora(num_stages: int, arg: Optional[str]) -> list[Phase]:
+    from tlbench.lora import is_lora_param
+
+    _int_arg("lora", arg, int(LORA_RANK))
+    return [Phase("lora", train_stages=_all(num_stages), param_filter=is_lora_param)]
+
+
+def prepare_lora(model, arg: Optional[str]) -> None:
+    from tlbench.lora import add_lora
+
+    add_lora(model, _int_arg("lora", arg, int(LORA_RANK)))
+
+
+STRATEGIES = (
+    StrategySpec(
+        "linear_probe", "backbone frozen (BatchNorm in eval), new head trained", linear_probe
+    ),
+    StrategySpec(
+        "partial", "last k stages + head train (partial:k, default k=2)", partial, default_arg="2"
+    ),
+    StrategySpec("full", "every parameter trains at the base LR", full),
+    StrategySpec(
+        "two_stage",
+        f"head only for half the epochs, then everything at LR x {TWO_STAGE_LR_SCALE}",
+        two_stage,
+    ),
+    StrategySpec(
+        "gradual_unfreeze",
+        "head for one epoch, then k more stages from the top "
+        f"each epoch (gradual_unfreeze:k, default k={GRADUAL_STAGES_PER_EPOCH})",
+        gradual_unfreeze,
+        default_arg=GRADUAL_STAGES_PER_EPOCH,
+    ),
+    StrategySpec(
+        "discriminative_lr",
+        "everything trains, LR x f per stage from head to stem "
+        f"(discriminative_lr:f, default f={DISCRIMINATIVE_DECAY})",
+        discriminative_lr,
+        default_arg=DISCRIMINATIVE_DECAY,
+    ),
+    StrategySpec("bitfit", "only bias terms (BatchNorm shifts included) + head train", bitfit),
+    StrategySpec(
+        "norm_only",
+        "only normalization layers' scale and shift + head train (their running stats adapt)",
+        norm_only,
+    ),
+    StrategySpec(
+        "lora",
+        "low-rank adapters on backbone conv/linear weights + head; weights "
+        f"frozen (lora:rank, default rank={LORA_RANK})",
+        lora,
+        default_arg=LORA_RANK,
+        prepare=prepare_lora,
+    ),
+    StrategySpec(
+        "scratch",
+        "random init whatever --weights says, everything trains: the from-scratch reference",
+        full,
+        weights="random",
+    ),
+)
 
 
 @hookimpl
 def register_strategies(register):
-    register(StrategySpec("linear_probe", "backbone frozen (BatchNorm in eval), new head "
-                          "trained", linear_probe))
-    register(StrategySpec("partial", "last k stages + head train (partial:k, default k=2)",
-                          partial, default_arg="2"))
-    register(StrategySpec("full", "every parameter trains at the base LR", full))
-    register(StrategySpec("two_stage", "head only for half the epochs, then everything at "
-                          f"LR x {TWO_STAGE_LR_SCALE}", two_stage))
+    for strategy in STRATEGIES:
+        register(strategy)

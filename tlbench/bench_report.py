@@ -1,0 +1,93 @@
+"""BENCHMARKS.md's "Performance" section, rendered from ``results/bench/*.json``.
+
+Each file is the ``--save`` output of one ``tlbench bench`` run: the numbers come from the
+command, with its device and settings inside.  Kept free of torch imports: the
+leaderboard renders it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+INTRO = """## Performance: tlbench vs the naive pipeline (`tlbench bench`)
+
+Generated from `results/bench/*.json`, each written by the `tlbench bench ... --save
+results/bench` command listed under the table. One process runs the same cell twice:
+
+- **naive**: the seeds' pipeline: a Dataset that makes one PIL image per sample,
+  `Resize(R) + Grayscale(3) + ToTensor + Normalize(backbone mean/std)` per sample, a
+  `DataLoader` (`num_workers` as listed), fp32, default memory format, plain `Adam`, the
+  whole model (frozen backbone included) run on every batch of every epoch;
+- **tlbench**: `Runner.run_cell`, the code path of every `tlbench run` cell: uint8 data on
+  the device, batched adaptation, frozen-prefix feature cache (fresh: its fill is timed),
+  channels_last where measured to help, fused Adam, fp32 on CPU (bf16 autocast on CUDA).
+
+Both use the same backbone weights, head initialization, resolution, data subset, epochs,
+batch, learning rate, seed and shuffled order, validate once per epoch, and report the
+final model's accuracy on the same test subset. **Wall s** is end to end (model copy,
+data pipeline, training, validation, test); dataset loading, the backbone build and a
+short warm-up are outside both timings. **train img/s** = epochs × training images / wall
+s. **GFLOP** = FLOPs each pipeline executed, counted with `FlopCounterMode` (matmuls and
+convolutions, 2 per multiply-add; the backward pass of trained stages as really run; a
+cached prefix counted once per image); **MFU** = executed FLOP/s / a fp32 (CPU) or bf16
+(CUDA) matmul peak measured in the same process. **load** = 1-minute load average before
+→ after the run: above the core count, other processes shared the CPU and the timings
+are noisy.
+"""
+
+
+def performance_markdown(directory: Path) -> str:
+    """The section, or "" when ``directory`` holds no bench results."""
+    results = [json.loads(path.read_text()) for path in sorted(Path(directory).glob("*.json"))]
+    if not results:
+        return ""
+    lines = [INTRO, _table(results), "", "Commands:", ""]
+    lines += [f"- `{r['command']}`" for r in results]
+    notes = sorted({r["weights_note"] for r in results if r.get("weights_note")})
+    lines += ["", *[f"Note: {note}" for note in notes]] if notes else []
+    return "\n".join(lines) + "\n"
+
+
+def _table(results: list[dict]) -> str:
+    header = (
+        "| backbone | strategy | weights | device | px | epochs | train | naive s | tlbench s "
+        "| speedup ↑ | naive acc % | tlbench acc % | naive img/s | tlbench img/s "
+        "| feature cache | NHWC | MFLOP/img | naive GFLOP/s | tlbench GFLOP/s | MFU | load |"
+    )
+    rows = [header, _rule(header)]
+    for r in sorted(results, key=lambda r: (r["device"], r["backbone"], r["strategy"])):
+        rows.append(
+            "| "
+            + " | ".join(
+                [
+                    r["backbone"],
+                    r["strategy"],
+                    r["weights"],
+                    r["device"],
+                    str(r["resolution"]),
+                    str(r["epochs"]),
+                    str(r["split_sizes"]["train"]),
+                    f"{r['naive_seconds']:.1f}",
+                    f"{r['tlbench_seconds']:.1f}",
+                    f"{r['speedup']:.2f}x",
+                    f"{r['naive_accuracy']:.2f}",
+                    f"{r['tlbench_accuracy']:.2f}",
+                    f"{r['naive_train_images_per_second']:,.0f}",
+                    f"{r['tlbench_train_images_per_second']:,.0f}",
+                    r["feature_cache"],
+                    "yes" if r.get("channels_last") else "no",
+                    f"{r['flops_per_image'] / 1e6:,.1f}",
+                    f"{r['naive_flops_per_second'] / 1e9:,.1f}",
+                    f"{r['tlbench_flops_per_second'] / 1e9:,.1f}",
+                    f"{r['mfu']:.1%}",
+                    " → ".join(f"{v:g}" for v in r.get("load_average", [])) or "–",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(rows)
+
+
+def _rule(header: str) -> str:
+    return "|" + " --- |" * (header.count("|") - 1)

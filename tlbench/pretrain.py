@@ -1,0 +1,188 @@
+"""``--weights pretrain:<dataset>``: a backbone trained here, from random init, on a source.
+
+The STL-10 -> MNIST seed's method, made offline: every architecture gets a transfer
+experiment without downloading ImageNet weights.  The source run is ``full`` fine-tuning
+from a seeded random init with the target run's own settings (epochs, batch, LR, sizes,
+resolution).  Its backbone (stages only; the source head is dropped) goes to a local model
+cache keyed by everything that shaped it, so every strategy and seed of the target, and
+later runs, reuse one checkpoint instead of retraining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from tlbench import __version__
+from tlbench.adapt import BatchAdapter
+from tlbench.errors import TlbenchError
+from tlbench.model import StagedModel
+from tlbench.plan import Cell
+from tlbench.specs import Phase
+from tlbench.train import CellTrainer, Diverged, TrainConfig
+from tlbench.weights import WeightsChoice
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tlbench.runner import Runner
+
+PRETRAIN_SEED = 0  # one source checkpoint serves every target seed (documented in README)
+CACHE_FORMAT = 1  # bump when the checkpoint layout or the source recipe changes
+
+
+def cache_dir() -> Path:
+    """``$TLBENCH_CACHE/models``, else ``$XDG_CACHE_HOME/tlbench/models`` (~/.cache/...)."""
+    root = os.environ.get("TLBENCH_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(xdg, "tlbench")
+    return Path(root) / "models"
+
+
+def source_cell(cell: Cell) -> Cell:
+    """The source run behind ``cell``: same backbone, resolution and settings."""
+    source = WeightsChoice.parse(cell.weights).path
+    return dataclasses.replace(
+        cell, strategy="full", dataset=source, seed=PRETRAIN_SEED, weights="random"
+    )
+
+
+def cache_key(cell: Cell) -> dict:
+    """Everything that shapes the source checkpoint (threshold does not)."""
+    source = source_cell(cell)
+    return {
+        "format": CACHE_FORMAT,
+        "backbone": source.backbone,
+        "source": source.dataset,
+        "resolution": source.resolution,
+        "seed": source.seed,
+        "recipe": "full from random init",
+        "settings": dataclasses.asdict(source.settings),
+    }
+
+
+def checkpoint_path(cell: Cell) -> Path:
+    key = cache_key(cell)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"{key['backbone']}-{key['source']}-{key['resolution']}px-{digest}.pt"
+
+
+def pretrained_backbone(runner: Runner, cell: Cell) -> StagedModel:
+    """The backbone for ``cell``, its stages loaded from the cached source checkpoint.
+
+    Trains and stores the checkpoint first when the cache does not hold it.  The model
+    carries ``pretrain_info``, which the runner adds to the target's record.
+    """
+    path = checkpoint_path(cell)
+    info_path = path.with_suffix(".json")
+    hit = path.exists() and info_path.exists()
+    if not hit:
+        train_source(runner, cell, path)
+    info = json.loads(info_path.read_text())
+    model = _random_backbone(runner, cell)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.stages.load_state_dict(state)
+    source = info["source"]
+    model.weights_source = (
+        f"pretrained here on {source} ({info['source_accuracy']:.2f}% source test "
+        f"accuracy), {path.name}"
+    )
+    model.pretrain_info = {
+        "pretrain_source": source,
+        "pretrain_source_accuracy": info["source_accuracy"],
+        "pretrain_checkpoint": str(path),
+        "pretrain_cache_hit": hit,
+    }
+    return model
+
+
+def train_source(runner: Runner, cell: Cell, path: Path) -> None:
+    """Train the source run and store its stages + a JSON sidecar (written last)."""
+    source = source_cell(cell)
+    splits, data_source = runner.splits_for(source)
+    dataset = runner.registry.get("datasets", source.dataset)
+    model = _random_backbone(runner, source)
+    torch.manual_seed(PRETRAIN_SEED)
+    model.set_head(dataset.num_classes, source.settings.head_hidden)
+    model.to(runner.device.device)
+    if runner.device.channels_last:
+        model.to(memory_format=torch.channels_last)
+    phases = [Phase("all", train_stages=list(range(len(model.stages))))]  # full
+    adapter, config = _adapter(runner, source), _config(runner, source, dataset)
+    trainer = CellTrainer(
+        model, phases, splits, adapter, config, runner.cache, on_step=runner.progress.step
+    )
+    try:
+        metrics = trainer.run()
+    except Diverged as exc:
+        raise TlbenchError(
+            f"pretraining {cell.backbone} on {source.dataset} diverged at step {exc.step}; "
+            "try a lower --lr."
+        ) from None
+    state = {k: v.detach().cpu() for k, v in model.stages.state_dict().items()}
+    _atomic_write(path, lambda f: torch.save(state, f))
+    info = {
+        "key": cache_key(cell),
+        "source": source.dataset,
+        "source_accuracy": metrics["final_accuracy"],
+        "source_best_val_accuracy": metrics["best_val_accuracy"],
+        "source_curve": metrics["curve"],
+        "data_source": data_source,
+        "split_sizes": splits.sizes(),
+        "device": runner.device.name,
+        "tlbench": __version__,
+        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    text = json.dumps(info, indent=1, sort_keys=True).encode()
+    _atomic_write(path.with_suffix(".json"), lambda f: f.write(text))
+
+
+def _random_backbone(runner: Runner, cell: Cell) -> StagedModel:
+    torch.manual_seed(PRETRAIN_SEED)
+    return runner.registry.get("backbones", cell.backbone).build(WeightsChoice("random"))
+
+
+def _adapter(runner: Runner, cell: Cell) -> BatchAdapter:
+    spec = runner.registry.get("backbones", cell.backbone)
+    device = runner.device
+    return BatchAdapter(
+        cell.resolution, spec.mean, spec.std, device.device, channels_last=device.channels_last
+    )
+
+
+def _config(runner: Runner, cell: Cell, dataset) -> TrainConfig:
+    """As the runner configures a cell, but seeded with PRETRAIN_SEED, without a cache."""
+    from tlbench.runner import augmentation
+
+    s = cell.settings
+    return TrainConfig(
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        evals_per_epoch=s.evals_per_epoch,
+        threshold=dataset.default_threshold,
+        seed=PRETRAIN_SEED,
+        num_classes=dataset.num_classes,
+        autocast=runner.device.is_cuda,
+        cache_key=None,  # full training: nothing frozen to cache
+        augment=augmentation(cell, runner.device.device),
+        compile=getattr(runner, "compile_model", False),
+    )
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write to a temporary file and rename: a crash never leaves a half checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
