@@ -16,6 +16,7 @@ from tlbench import registry as plugin_registry
 from tlbench.bench import CONTRACT_KEYS, ModelFlops, PhaseWork, Work
 from tlbench.cli import app
 from tlbench.device import resolve_device
+from tlbench.errors import TlbenchError
 from tlbench.flops import count_flops, matmul_peak, model_flops, train_step_flops
 from tlbench.model import StagedModel
 from tlbench.plan import Cell, make_settings
@@ -151,3 +152,19 @@ def test_cuda_out_of_memory_halves_the_batch_and_records_it(tiny_plugin, monkeyp
     cell = Cell("tiny", "linear_probe", "synth", 0, "random", 16, 95.0, settings)
     record = runner.run_cell(cell)
     assert record["status"] == "ok" and record["batch_size"] == 16
+
+
+def test_run_augment_turns_the_cache_off_in_the_record(tiny_plugin, tmp_path):
+    args = [
+        "run", "--backbones", "tiny", "--datasets", "synth", "--strategies", "linear_probe",
+        "--epochs", "1", "--resolution", "16", "--train-size", "100", "--val-size", "50",
+        "--test-size", "50", "--no-reference", "--run-name", "t", "--augment", "shift:2",
+        "--output", str(tmp_path / "results"), "--benchmarks", str(tmp_path / "B.md"),
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    (line,) = (tmp_path / "results" / "t" / "records.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["feature_cache"] == "off:augment" and record["config"]["augment"] == "shift:2"
+    bad = CliRunner().invoke(app, [("flip" if a == "shift:2" else a) for a in args])
+    assert isinstance(bad.exception, TlbenchError) and "--augment 'flip'" in str(bad.exception)

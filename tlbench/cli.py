@@ -98,7 +98,7 @@ def run(
         None, help="Input side in px [backbone's own on CUDA, 64 on CPU]."
     ),
     train_size: Optional[int] = typer.Option(
-        None, help="Stratified training subsample [all on CUDA, 3000 on CPU]."
+        None, help="Stratified training subsample [all on CUDA, 2000 on CPU]."
     ),
     val_size: Optional[int] = typer.Option(None, help="Validation images held out of train."),
     test_size: Optional[int] = typer.Option(None, help="Stratified test subsample."),

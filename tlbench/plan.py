@@ -13,10 +13,10 @@ from tlbench.errors import TlbenchError
 # 2 cores (see README "The embedded default"); CUDA runs the full protocol.
 CPU_PROFILE = {
     "resolution": 64,
-    "train_size": 3000,
+    "train_size": 2000,
     "val_size": 500,
     "test_size": 1000,
-    "epochs": 3,
+    "epochs": 2,
     "batch_size": 64,
 }
 CUDA_PROFILE = {

@@ -29,6 +29,7 @@ from tlbench.model import StagedModel, count_params
 from tlbench.specs import Phase
 
 WARMUP_STEPS = 2  # untimed steps at the start of each phase (allocator, cudnn autotune)
+CPU_EVAL_BATCH = 32  # inference batch on the CPU (see CellTrainer.eval_batch)
 
 
 @dataclass
@@ -112,10 +113,10 @@ class CellTrainer:
 
     @property
     def eval_batch(self) -> int:
-        """Batch of inference passes (evaluation, cache fill): no activations are kept,
-        so twice the training batch; at least 256 on the CPU, where OOM retry is moot."""
-        size = 2 * self.config.batch_size
-        return size if self.device.type == "cuda" else max(size, 256)
+        """Batch of inference passes (evaluation, cache fill).  CUDA: twice the training
+        batch (no activations kept).  CPU: 32, whose activations stay in cache (measured,
+        2 cores, efficientnet_lite0 at 64 px: 698 img/s at 32, 638 at 64, 501 at 256)."""
+        return 2 * self.config.batch_size if self.device.type == "cuda" else CPU_EVAL_BATCH
 
     # ---- schedule -------------------------------------------------------------------
     def phase_boundaries(self) -> list[int]:
