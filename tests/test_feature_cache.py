@@ -31,6 +31,13 @@ TWO_STAGE = [
 
 
 @pytest.fixture(autouse=True)
+def one_layout(monkeypatch):
+    """These tests compare cache against no cache: both in NCHW, not each in the layout
+    its own timing trial picks (layouts round differently: tests/test_memformat.py)."""
+    monkeypatch.setenv("TLBENCH_CHANNELS_LAST", "0")
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
     """Tiny workloads on a shared 2-core box: one thread avoids OpenMP oversubscription."""
     threads = torch.get_num_threads()

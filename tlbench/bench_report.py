@@ -21,7 +21,9 @@ results/bench` command listed under the table. One process runs the same cell tw
   whole model (frozen backbone included) run on every batch of every epoch;
 - **tlbench**: `Runner.run_cell`, the code path of every `tlbench run` cell: uint8 data on
   the device, batched adaptation, frozen-prefix feature cache (fresh: its fill is timed),
-  channels_last where measured to help, fused Adam, fp32 on CPU (bf16 autocast on CUDA).
+  per phase the memory layout measured faster (**layout**: per phase, with the trial's
+  NCHW→NHWC img/s where both were timed; the trials are inside tlbench's wall time),
+  fused Adam, fp32 on CPU (bf16 autocast on CUDA).
 
 Both use the same backbone weights, head initialization, resolution, data subset, epochs,
 batch, learning rate, seed and shuffled order, validate once per epoch, and report the
@@ -53,7 +55,7 @@ def _table(results: list[dict]) -> str:
     header = (
         "| backbone | strategy | weights | device | px | epochs | train | naive s | tlbench s "
         "| speedup ↑ | naive acc % | tlbench acc % | naive img/s | tlbench img/s "
-        "| feature cache | NHWC | MFLOP/img | naive GFLOP/s | tlbench GFLOP/s | MFU | load |"
+        "| feature cache | layout | MFLOP/img | naive GFLOP/s | tlbench GFLOP/s | MFU | load |"
     )
     rows = [header, _rule(header)]
     for r in sorted(results, key=lambda r: (r["device"], r["backbone"], r["strategy"])):
@@ -76,7 +78,7 @@ def _table(results: list[dict]) -> str:
                     f"{r['naive_train_images_per_second']:,.0f}",
                     f"{r['tlbench_train_images_per_second']:,.0f}",
                     r["feature_cache"],
-                    "yes" if r.get("channels_last") else "no",
+                    _layout(r),
                     f"{r['flops_per_image'] / 1e6:,.1f}",
                     f"{r['naive_flops_per_second'] / 1e9:,.1f}",
                     f"{r['tlbench_flops_per_second'] / 1e9:,.1f}",
@@ -87,6 +89,17 @@ def _table(results: list[dict]) -> str:
             + " |"
         )
     return "\n".join(rows)
+
+
+def _layout(r: dict) -> str:
+    """Per phase: nchw/nhwc and, where both were timed, nchw→nhwc trial img/s."""
+    parts = []
+    for label, rates in zip(
+        r["memory_format"].split(","), r.get("memory_format_rates", []), strict=False
+    ):
+        trial = f" ({rates['nchw']:,.0f}→{rates['nhwc']:,.0f})" if rates else ""
+        parts.append(label.split(":")[0] + trial)
+    return ", ".join(parts)
 
 
 def _rule(header: str) -> str:

@@ -111,12 +111,17 @@ def train_source(runner: Runner, cell: Cell, path: Path) -> None:
     torch.manual_seed(PRETRAIN_SEED)
     model.set_head(dataset.num_classes, source.settings.head_hidden)
     model.to(runner.device.device)
-    if runner.device.channels_last:
-        model.to(memory_format=torch.channels_last)
     phases = [Phase("all", train_stages=list(range(len(model.stages))))]  # full
     adapter, config = _adapter(runner, source), _config(runner, source, dataset)
     trainer = CellTrainer(
-        model, phases, splits, adapter, config, runner.cache, on_step=runner.progress.step
+        model,
+        phases,
+        splits,
+        adapter,
+        config,
+        runner.cache,
+        on_step=runner.progress.step,
+        formats=runner.formats,
     )
     try:
         metrics = trainer.run()
@@ -151,9 +156,7 @@ def _random_backbone(runner: Runner, cell: Cell) -> StagedModel:
 def _adapter(runner: Runner, cell: Cell) -> BatchAdapter:
     spec = runner.registry.get("backbones", cell.backbone)
     device = runner.device
-    return BatchAdapter(
-        cell.resolution, spec.mean, spec.std, device.device, channels_last=device.channels_last
-    )
+    return BatchAdapter(cell.resolution, spec.mean, spec.std, device.device)
 
 
 def _config(runner: Runner, cell: Cell, dataset) -> TrainConfig:

@@ -54,7 +54,8 @@ class Record(TypedDict, total=False):
     freeze_verified: bool  # frozen tensors and BN stats unchanged by training
     freeze_violations: list  # names of frozen tensors that changed
     feature_cache: str  # per phase: device|host (cached there), none, off:<why> (see train.py)
-    channels_last: bool  # model and batches in NHWC memory format (tlbench.device)
+    memory_format: str  # per phase: nchw|nhwc:<why> (measured, forward-only, cuda, forced)
+    memory_format_rates: list  # per phase: {"nchw": img/s, "nhwc": img/s} trial, or None
     batch_size: int  # batch that actually ran
     curve: list  # [[epoch, val_accuracy_percent], ...]
     per_class: dict  # precision/recall/f1/support lists, class order

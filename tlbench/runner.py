@@ -20,9 +20,10 @@ from tlbench import __version__
 from tlbench.adapt import BatchAdapter, RandomShift
 from tlbench.data.loaded import Splits
 from tlbench.data.splits import make_splits
-from tlbench.device import DeviceInfo, channels_last_for
+from tlbench.device import DeviceInfo
 from tlbench.errors import DataUnavailable, Interrupted, PluginError, TlbenchError
 from tlbench.features import FeatureCache
+from tlbench.memformat import FormatChooser
 from tlbench.model import StagedModel
 from tlbench.plan import Cell
 from tlbench.records import RECORDS_FILE, Record, append_record, finished_hashes, load_records
@@ -68,6 +69,7 @@ class Runner:
         self.directory, self.data_dir = directory, data_dir
         self.progress = progress or Progress()
         self.cache = FeatureCache(device.device)
+        self.formats = FormatChooser(device.device, device.channels_last)  # layout per phase
         self._splits: dict[tuple, tuple[Splits, str]] = {}
         self._models: dict[tuple, StagedModel] = {}
         self._in_flight: Optional[Cell] = None  # started, record not yet stored
@@ -207,16 +209,8 @@ class Runner:
         model, strategy_arg, strategy = self._model_for(cell)
         phases = strategy.phases(len(model.stages), strategy_arg, cell.settings.epochs)
         backbone = self.registry.get("backbones", cell.backbone)
-        trains_backbone = any(phase.train_stages for phase in phases)
-        channels_last = channels_last_for(self.device, model, trains_backbone)
-        model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        adapter = BatchAdapter(
-            cell.resolution,
-            backbone.mean,
-            backbone.std,
-            self.device.device,
-            channels_last=channels_last,
-        )
+        # the trainer sets model and adapter to each phase's memory format
+        adapter = BatchAdapter(cell.resolution, backbone.mean, backbone.std, self.device.device)
         config = TrainConfig(
             epochs=cell.settings.epochs,
             batch_size=batch_size,
@@ -239,6 +233,7 @@ class Runner:
             self.cache,
             on_step=self.progress.step,
             on_epoch=lambda e, a: self.hooks.epoch_end(cell=cell, epoch=e, val_accuracy=a / 100),
+            formats=self.formats,
         )
         metrics = trainer.run()
         wall = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
@@ -248,7 +243,6 @@ class Runner:
             "data_source": source,
             "split_sizes": splits.sizes(),
             "weights_source": model.weights_source,
-            "channels_last": channels_last,
             **getattr(model, "pretrain_info", {}),  # --weights pretrain:<dataset>
         }
 

@@ -1,0 +1,148 @@
+"""Each phase's memory layout: NHWC where only forward passes run, measured otherwise.
+
+Tolerance of the layout-equality test: NCHW and NHWC convolutions sum in different
+orders, so after three epochs of Adam the weights agree to ``ATOL`` / ``RTOL`` (the
+same bound as the feature-cache equality tests), and predictions agree exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from plugin_fixtures import tiny_staged
+
+import tlbench.memformat as memformat
+from tlbench.adapt import BatchAdapter
+from tlbench.data.sources import find_idx_files, load_idx_dir
+from tlbench.data.splits import make_splits
+from tlbench.features import FeatureCache
+from tlbench.memformat import FormatChooser
+from tlbench.specs import Phase
+from tlbench.train import CellTrainer, TrainConfig, set_phase_modes, trainable_groups
+from tlbench.weights import WeightsChoice
+
+ATOL, RTOL = 1e-5, 1e-4
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.delenv("TLBENCH_CHANNELS_LAST", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def probe_for(model, first):
+    def probe():
+        with torch.no_grad():
+            x = model.forward_stages(torch.randn(8, 3, 12, 12), 0, first)
+        return x, torch.arange(8) % 10
+
+    return probe
+
+
+def tiny_model(train_from: int):
+    torch.manual_seed(0)
+    model = tiny_staged(WeightsChoice("random"))
+    model.set_head(10)
+    stages = list(range(train_from, 3))
+    trainable_groups(model, Phase("p", train_stages=stages), stages, 1e-3)
+    set_phase_modes(model, stages)
+    return model
+
+
+def never(*_args):
+    raise AssertionError("no measurement expected here")
+
+
+def test_forward_only_phases_and_cuda_take_nhwc_without_measuring(monkeypatch):
+    monkeypatch.setattr(memformat, "measure", never)
+    model = tiny_model(3)
+    choice = FormatChooser(CPU).choose(model, 3, never, "k")
+    assert (choice.channels_last, choice.label()) == (True, "nhwc:forward-only")
+    cuda = FormatChooser(torch.device("cuda")).choose(tiny_model(0), 0, never, "k")
+    assert cuda.label() == "nhwc:cuda"
+    assert FormatChooser(CPU, allow_nhwc=False).choose(model, 0, never, "k").label() == "nchw:off"
+
+
+@pytest.mark.parametrize(("value", "label"), [("0", "nchw:forced"), ("1", "nhwc:forced")])
+def test_the_environment_forces_one_layout(monkeypatch, value, label):
+    monkeypatch.setattr(memformat, "measure", never)
+    monkeypatch.setenv("TLBENCH_CHANNELS_LAST", value)
+    assert FormatChooser(CPU).choose(tiny_model(0), 0, never, "k").label() == label
+
+
+@pytest.mark.parametrize(
+    ("nchw", "nhwc", "expected"), [(100.0, 150.0, True), (470.0, 302.0, False)]
+)
+def test_the_faster_layout_wins_and_is_measured_once_per_key(monkeypatch, nchw, nhwc, expected):
+    calls = []
+
+    def fake_rate(_tail, _x, _labels, layout):
+        calls.append(layout)
+        return nhwc if layout == torch.channels_last else nchw
+
+    monkeypatch.setattr(memformat, "_step_rate", fake_rate)
+    chooser, model = FormatChooser(CPU), tiny_model(1)
+    first = chooser.choose(model, 1, probe_for(model, 1), "key")
+    again = chooser.choose(model, 1, never, "key")  # remembered: no probe, no trial
+    assert first is again and first.channels_last is expected
+    assert first.rates == {"nchw": nchw, "nhwc": nhwc} and first.why == "measured"
+    assert len(calls) == 2
+    chooser.choose(model, 1, probe_for(model, 1), "other key")
+    assert len(calls) == 4
+
+
+def test_a_real_trial_times_both_layouts_and_leaves_the_model_alone():
+    model = tiny_model(1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads_before = [p.requires_grad for p in model.parameters()]
+    choice = FormatChooser(CPU).choose(model, 1, probe_for(model, 1), "k")
+    assert set(choice.rates) == {"nchw", "nhwc"} and min(choice.rates.values()) > 0
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name  # weights and BN statistics
+    assert [p.requires_grad for p in model.parameters()] == grads_before
+    assert model.stages[1].training and not model.stages[0].training
+
+
+def run_cell(synth_dir, phases):
+    torch.manual_seed(0)
+    model = tiny_staged(WeightsChoice("random"))
+    model.set_head(10)
+    splits = make_splits(load_idx_dir(find_idx_files(synth_dir), "synth", 10, "test"), 200, 50, 100)
+    config = TrainConfig(
+        epochs=3, batch_size=32, lr=0.01, evals_per_epoch=2, threshold=95.0, seed=0,
+        num_classes=10, cache_key="key",
+    )  # fmt: skip
+    adapter = BatchAdapter(16, (0.5,) * 3, (0.5,) * 3, CPU)
+    trainer = CellTrainer(model, phases, splits, adapter, config, FeatureCache(CPU))
+    return trainer, trainer.run()
+
+
+def test_the_layout_changes_speed_not_results(synth_dir, monkeypatch):
+    phases = [
+        Phase("head", epoch_fraction=0.5),
+        Phase("partial", epoch_fraction=0.5, train_stages=[1, 2], lr_scale=0.1),
+    ]
+    monkeypatch.setenv("TLBENCH_CHANNELS_LAST", "0")
+    nchw, nchw_record = run_cell(synth_dir, phases)
+    monkeypatch.setenv("TLBENCH_CHANNELS_LAST", "1")
+    nhwc, nhwc_record = run_cell(synth_dir, phases)
+    assert nchw_record["memory_format"] == "nchw:forced,nchw:forced"
+    assert nhwc_record["memory_format"] == "nhwc:forced,nhwc:forced"
+    assert nhwc.model.stages[1][0].weight.is_contiguous(memory_format=torch.channels_last)
+    theirs = nhwc.model.state_dict()
+    for name, mine in nchw.model.state_dict().items():
+        assert torch.allclose(mine, theirs[name], atol=ATOL, rtol=RTOL), name
+    for key in ("final_accuracy", "confusion", "curve"):
+        assert nchw_record[key] == nhwc_record[key], key
+
+
+def test_a_cell_records_each_phases_measured_layout(synth_dir):
+    _trainer, record = run_cell(synth_dir, [Phase("head"), Phase("all", train_stages=[0, 1, 2])])
+    head, full = record["memory_format"].split(",")
+    assert head == "nhwc:forward-only" and full.endswith(":measured")
+    assert record["memory_format_rates"][0] is None
+    assert set(record["memory_format_rates"][1]) == {"nchw", "nhwc"}

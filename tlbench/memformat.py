@@ -1,0 +1,128 @@
+"""NCHW or NHWC for each training phase: measured on the CPU, NHWC on CUDA.
+
+Why measure instead of a rule: on the CPU the faster layout depends on the layers a
+phase trains, their spatial size and the machine (oneDNN picks kernels by ISA).
+Training steps, 64 px, batch 64, fused Adam, img/s NCHW -> NHWC, 2 cores:
+
+    resnet18, whole network       120 -> 134   (AMD EPYC, AVX-512)
+    resnet18, last stage only     470 -> 302   (2x2 maps: NHWC pays weight reorders)
+    resnet18, whole network       101 ->  85   (an earlier 2-core machine)
+    efficientnet_lite0, whole      64 -> 118   (depthwise convolutions: NHWC always)
+
+So a phase that trains part of the backbone times a few real steps of that part in
+both layouts (on a copy, with the phase's own inputs) and keeps the faster one; the
+decision is remembered per (architecture, trainable set, batch shape), so every seed
+and strategy that shares it measures once.  Phases that only run the backbone forward
+(head-only: cache fill, evaluation) take NHWC, which is faster for inference on every
+CPU measured (efficientnet_lite0 374 -> 661 img/s, resnet18 305 -> 330).
+``TLBENCH_CHANNELS_LAST=0/1`` forces one layout everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Hashable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tlbench.device import synchronize
+from tlbench.model import StagedModel
+
+TRIAL_STEPS = 2  # timed steps per layout (after one untimed step), the best one counts
+
+
+@dataclass(frozen=True)
+class FormatChoice:
+    """The layout a phase runs in and why; ``rates`` (img/s) when it was measured."""
+
+    channels_last: bool
+    why: str  # measured | forward-only | cuda | forced | off
+    rates: Optional[dict] = None  # {"nchw": img/s, "nhwc": img/s}
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def label(self) -> str:
+        """As the record stores it, e.g. ``nhwc:measured``."""
+        return f"{'nhwc' if self.channels_last else 'nchw'}:{self.why}"
+
+
+def forced_channels_last() -> Optional[bool]:
+    """``TLBENCH_CHANNELS_LAST`` as a bool, or None when unset."""
+    text = os.environ.get("TLBENCH_CHANNELS_LAST", "").strip().lower()
+    return None if text == "" else text not in ("0", "false", "no")
+
+
+class FormatChooser:
+    """Chooses (and remembers) each phase's memory layout on one device."""
+
+    def __init__(self, device: torch.device, allow_nhwc: bool = True):
+        self.device, self.allow_nhwc = device, allow_nhwc
+        self.decisions: dict[Hashable, FormatChoice] = {}
+
+    def choose(
+        self,
+        model: StagedModel,
+        first: int,
+        probe: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+        key: Hashable,
+    ) -> FormatChoice:
+        """The layout for a phase whose stages[first:] and head train.
+
+        ``probe()`` gives one training batch as that part sees it (prefix outputs,
+        labels); it is only called when a measurement is needed.
+        """
+        forced = forced_channels_last()
+        if forced is not None:
+            return FormatChoice(forced, "forced")
+        if not self.allow_nhwc:
+            return FormatChoice(False, "off")
+        if self.device.type == "cuda":
+            return FormatChoice(True, "cuda")  # tensor cores want NHWC
+        if first >= len(model.stages):
+            return FormatChoice(True, "forward-only")
+        if key not in self.decisions:
+            self.decisions[key] = measure(model, first, *probe())
+        return self.decisions[key]
+
+
+def measure(
+    model: StagedModel, first: int, inputs: torch.Tensor, labels: torch.Tensor
+) -> FormatChoice:
+    """Time training steps of stages[first:] + head in both layouts, on copies."""
+    tail = nn.Sequential(*list(model.stages)[first:], model.head)
+    rates = {
+        name: _step_rate(tail, inputs, labels, layout)
+        for name, layout in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last))
+    }
+    rounded = {name: round(rate, 1) for name, rate in rates.items()}
+    return FormatChoice(rates["nhwc"] > rates["nchw"], "measured", rounded)
+
+
+def _step_rate(
+    tail: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, layout: torch.memory_format
+) -> float:
+    """Images/s of the best of ``TRIAL_STEPS`` training steps (one untimed step first)."""
+    tail = copy.deepcopy(tail).to(memory_format=layout)
+    x = inputs.contiguous(memory_format=layout) if inputs.dim() == 4 else inputs
+    params = [p for p in tail.parameters() if p.requires_grad]
+    fused = inputs.device.type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(params, lr=0.0, fused=fused)  # the phase's optimizer kind
+    best = float("inf")
+    for step in range(TRIAL_STEPS + 1):
+        synchronize(inputs.device)
+        started = time.perf_counter()
+        loss = F.cross_entropy(tail(x).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        synchronize(inputs.device)
+        if step:
+            best = min(best, time.perf_counter() - started)
+    return len(labels) / best
