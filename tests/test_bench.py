@@ -108,7 +108,11 @@ def test_bench_json_has_the_contract_keys(tiny_plugin, monkeypatch):
     for key in ("naive_accuracy", "tlbench_accuracy", "speedup", "mfu", "flops_per_image"):
         assert math.isfinite(data[key]), key
     assert 0 <= data["naive_accuracy"] <= 100 and 0 <= data["tlbench_accuracy"] <= 100
-    assert data["flops_per_image"] > 0 and data["mfu"] > 0
+    assert data["flops_per_image"] > 0 and 0 < data["mfu"] < 1
+    ceiling = data["naive_seconds"] * data["peak_flops_per_second"] / data["tlbench_flops"]
+    assert data["speedup_ceiling"] == pytest.approx(ceiling, rel=1e-3)
+    assert data["speedup"] <= data["speedup_ceiling"]  # the same statement as MFU <= 1
+    assert data["memory_format"].endswith(":measured") and data["memory_format_rates"][0]
     assert data["device"].startswith("cpu")
     assert data["feature_cache"] == "device"  # partial:1 serves stages 0-1 from the cache
     assert data["split_sizes"] == {"train": 100, "val": 50, "test": 50}

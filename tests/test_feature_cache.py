@@ -1,7 +1,7 @@
 """The frozen-prefix feature cache changes where features come from, never the result.
 
 Tolerance: the cached and the recomputed paths run the same fp32 operations, but the
-cache computes the prefix in batches of 256 and the plain path in training batches,
+cache computes the prefix in inference batches and the plain path in training batches,
 so convolutions may round differently in the last bits; after three epochs of Adam the
 trained weights agree to ``ATOL`` absolute / ``RTOL`` relative (observed: < 1e-6).
 """
@@ -33,7 +33,7 @@ TWO_STAGE = [
 @pytest.fixture(autouse=True)
 def one_layout(monkeypatch):
     """These tests compare cache against no cache: both in NCHW, not each in the layout
-    its own timing trial picks (layouts round differently: tests/test_memformat.py)."""
+    its own timing trial picks (layouts round differently: tests/test_tuning.py)."""
     monkeypatch.setenv("TLBENCH_CHANNELS_LAST", "0")
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tlbench import registry as plugin_registry
+from tlbench.bench_report import speedup_ceiling
 from tlbench.cells import canonical_strategy
 from tlbench.device import DeviceInfo, available_cores, resolve_device
 from tlbench.errors import TlbenchError
@@ -101,6 +102,7 @@ def run_bench(request: BenchRequest, log: Callable[[str], None] = lambda text: N
         work = _work(runner, cell, record, splits.sizes())
     peak = matmul_peak(hw.device, size=PEAK_SIZE)
     result = summarize(request, cell, hw, note, naive, record, tlbench_seconds, work, peak)
+    result["speedup_ceiling"] = round(speedup_ceiling(result), 3)
     # 1-minute load average: above the core count, other processes shared the CPU
     result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return result

@@ -113,7 +113,8 @@ def bench_table(r: dict) -> Table:
     )
     table.caption = (
         f"model: {r['flops_per_image'] / 1e6:,.1f} MFLOP/image forward; peak "
-        f"{r['peak_flops_per_second'] / 1e9:,.0f} GFLOP/s ({r['peak_method']}); feature cache: "
+        f"{r['peak_flops_per_second'] / 1e9:,.0f} GFLOP/s ({r['peak_method']}); speedup at "
+        f"100% MFU: {r['speedup_ceiling']:.2f}x; feature cache: "
         f"{r['feature_cache']}; train img/s = epochs x train images / wall s; step img/s = "
         "steady-state training steps"
     )

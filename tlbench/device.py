@@ -10,7 +10,7 @@ import torch
 
 from tlbench.errors import TlbenchError
 
-# NHWC may be chosen on the CPU (per phase, by measurement: tlbench.memformat).
+# NHWC may be chosen on the CPU (per phase, by measurement: tlbench.tuning).
 CPU_CHANNELS_LAST = True
 
 
@@ -19,7 +19,7 @@ class DeviceInfo:
     device: torch.device
     name: str  # human-readable, recorded in every record
     slug: str  # used in run names, e.g. "cpu-2core" or "cuda-nvidia-h100"
-    channels_last: bool = False  # NHWC allowed here; per phase: tlbench.memformat
+    channels_last: bool = False  # NHWC allowed here; per phase: tlbench.tuning
 
     @property
     def is_cuda(self) -> bool:

@@ -17,6 +17,7 @@ import torch
 from tlbench.adapt import BatchAdapter
 from tlbench.device import synchronize
 from tlbench.model import StagedModel
+from tlbench.tuning import BatchPlan
 
 
 def default_budgets(device: torch.device) -> tuple[int, int]:
@@ -100,11 +101,14 @@ def compute_prefix(
     stop: int,
     images: torch.Tensor,
     adapter: BatchAdapter,
-    batch_size: int,
+    batches: Union[int, BatchPlan],
     target: torch.device,
     autocast: bool,
 ) -> torch.Tensor:
     """stages[:stop] applied in eval mode to every image, batched, stored on ``target``.
+
+    ``batches``: a batch size, or a :class:`~tlbench.tuning.BatchPlan` that may time
+    its first batches to choose one.
 
     Every module's own mode is restored afterwards (a phase may keep single modules of a
     trainable stage in eval mode, so a recursive ``train()`` would not do).
@@ -113,11 +117,15 @@ def compute_prefix(
     model.stages.eval()
     outputs = []
     try:
-        for start in range(0, len(images), batch_size):
-            x = adapter(images[start : start + batch_size])
+
+        def batch(index: slice) -> None:
+            x = adapter(images[index])
             with _autocast(x.device, autocast):
                 y = model.forward_stages(x, 0, stop)
             outputs.append(y.to(target, non_blocking=True))
+
+        plan = batches if isinstance(batches, BatchPlan) else BatchPlan(batches)
+        plan.run(len(images), batch)
         if target.type == "cpu":
             synchronize(images.device)  # device-to-host copies above may still be in flight
     finally:

@@ -121,7 +121,7 @@ def train_source(runner: Runner, cell: Cell, path: Path) -> None:
         config,
         runner.cache,
         on_step=runner.progress.step,
-        formats=runner.formats,
+        tuner=runner.tuner,
     )
     try:
         metrics = trainer.run()

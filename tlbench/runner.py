@@ -23,12 +23,12 @@ from tlbench.data.splits import make_splits
 from tlbench.device import DeviceInfo
 from tlbench.errors import DataUnavailable, Interrupted, PluginError, TlbenchError
 from tlbench.features import FeatureCache
-from tlbench.memformat import FormatChooser
 from tlbench.model import StagedModel
 from tlbench.plan import Cell
 from tlbench.records import RECORDS_FILE, Record, append_record, finished_hashes, load_records
 from tlbench.registry import Registry
 from tlbench.train import CellTrainer, Diverged, TrainConfig
+from tlbench.tuning import Tuner
 from tlbench.weights import WeightsChoice, WeightsUnavailable
 
 
@@ -69,7 +69,7 @@ class Runner:
         self.directory, self.data_dir = directory, data_dir
         self.progress = progress or Progress()
         self.cache = FeatureCache(device.device)
-        self.formats = FormatChooser(device.device, device.channels_last)  # layout per phase
+        self.tuner = Tuner(device.device, device.channels_last)  # layouts, inference batches
         self._splits: dict[tuple, tuple[Splits, str]] = {}
         self._models: dict[tuple, StagedModel] = {}
         self._in_flight: Optional[Cell] = None  # started, record not yet stored
@@ -233,7 +233,7 @@ class Runner:
             self.cache,
             on_step=self.progress.step,
             on_epoch=lambda e, a: self.hooks.epoch_end(cell=cell, epoch=e, val_accuracy=a / 100),
-            formats=self.formats,
+            tuner=self.tuner,
         )
         metrics = trainer.run()
         wall = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()

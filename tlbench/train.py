@@ -19,7 +19,6 @@ from tlbench.data.loaded import Splits
 from tlbench.device import synchronize
 from tlbench.features import FeatureCache, _autocast, compute_prefix, prefix_bytes
 from tlbench.freeze import FreezeSnapshot
-from tlbench.memformat import FormatChoice, FormatChooser
 from tlbench.metrics import (
     confidence_stats,
     confusion_matrix,
@@ -28,9 +27,9 @@ from tlbench.metrics import (
 )
 from tlbench.model import StagedModel, count_params
 from tlbench.specs import Phase
+from tlbench.tuning import BatchPlan, FormatChoice, Tuner
 
 WARMUP_STEPS = 2  # untimed steps at the start of each phase (allocator, cudnn autotune)
-CPU_EVAL_BATCH = 32  # inference batch on the CPU (see CellTrainer.eval_batch)
 
 
 @dataclass
@@ -95,11 +94,11 @@ class CellTrainer:
         cache: FeatureCache,
         on_step: Callable[[int, int], None] = lambda done, total: None,
         on_epoch: Callable[[int, float], None] = lambda epoch, acc: None,
-        formats: Optional[FormatChooser] = None,
+        tuner: Optional[Tuner] = None,
     ):
         self.model, self.phases, self.splits = model, phases, splits
         self.adapter, self.config, self.cache = adapter, config, cache
-        self.formats = formats or FormatChooser(splits.train_images.device)
+        self.tuner = tuner or Tuner(splits.train_images.device)
         self.on_step, self.on_epoch = on_step, on_epoch
         self.device = splits.train_images.device
         self.n_stages = len(model.stages)
@@ -115,12 +114,11 @@ class CellTrainer:
         self.timing = Timing()
         self.seconds_to_threshold: Optional[float] = None
 
-    @property
-    def eval_batch(self) -> int:
-        """Batch of inference passes (evaluation, cache fill).  CUDA: twice the training
-        batch (no activations kept).  CPU: 32, whose activations stay in cache (measured,
-        2 cores, efficientnet_lite0 at 64 px: 698 img/s at 32, 638 at 64, 501 at 256)."""
-        return 2 * self.config.batch_size if self.device.type == "cuda" else CPU_EVAL_BATCH
+    def inference_plan(self, start: int = 0) -> BatchPlan:
+        """Batches of an inference pass from stage ``start`` on (evaluation, cache fill,
+        test): CUDA twice the training batch, CPU timed (tlbench.tuning)."""
+        key = (tuple(self.model.stage_names), self.n_stages, start, self.adapter.resolution)
+        return self.tuner.inference_plan(key, self.config.batch_size)
 
     # ---- schedule -------------------------------------------------------------------
     def phase_boundaries(self) -> list[int]:
@@ -198,7 +196,7 @@ class CellTrainer:
         return PhaseState(phase, first, optimizer, train_in, val_in, place)
 
     def _choose_layout(self, first: int) -> FormatChoice:
-        """NCHW or NHWC for this phase (see tlbench.memformat); model and batches follow."""
+        """NCHW or NHWC for this phase (see tlbench.tuning); model and batches follow."""
         trained = tuple(n for n, p in self.model.named_parameters() if p.requires_grad)
         key = (
             tuple(self.model.stage_names),
@@ -208,7 +206,7 @@ class CellTrainer:
             self.config.batch_size,
             self.adapter.resolution,
         )
-        choice = self.formats.choose(self.model, first, lambda: self._probe_batch(first), key)
+        choice = self.tuner.layout(self.model, first, lambda: self._probe_batch(first), key)
         self.model.to(memory_format=choice.memory_format)
         self.adapter.channels_last = choice.channels_last
         self.layouts.append(choice)
@@ -267,7 +265,7 @@ class CellTrainer:
             (self.config.cache_key, split, first),
             lambda: prefix_bytes(self.model, first, images, self.adapter, len(images), autocast),
             lambda target: compute_prefix(
-                self.model, first, images, self.adapter, self.eval_batch, target, autocast
+                self.model, first, images, self.adapter, self.inference_plan(), target, autocast
             ),
         )
 
@@ -340,8 +338,8 @@ class CellTrainer:
         self.model.eval()
         preds, confs = [], []
         start_at = first if cached is not None or keep is not None else 0
-        for start in range(0, len(images), self.eval_batch):
-            index = slice(start, start + self.eval_batch)
+
+        def batch(index: slice) -> None:
             x = self._inputs(cached, images, index, 0 if keep is not None else start_at)
             with _autocast(self.device, self.config.autocast):
                 if keep is not None:
@@ -351,6 +349,8 @@ class CellTrainer:
             preds.append(out.argmax(1))
             if confidence:
                 confs.append(out.float().softmax(1).amax(1))
+
+        self.inference_plan(start_at if cached is not None else 0).run(len(images), batch)
         for module, mode in zip(self.model.modules(), was, strict=True):
             module.training = mode
         return (torch.cat(preds), torch.cat(confs)) if confidence else torch.cat(preds)

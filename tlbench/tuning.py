@@ -1,11 +1,13 @@
-"""NCHW or NHWC for each training phase: measured on the CPU, NHWC on CUDA.
+"""Execution choices made by measurement: memory layout per phase, inference batch.
+
+Memory layout: NCHW or NHWC for each training phase, measured on the CPU, NHWC on CUDA.
 
 Why measure instead of a rule: on the CPU the faster layout depends on the layers a
 phase trains, their spatial size and the machine (oneDNN picks kernels by ISA).
 Training steps, 64 px, batch 64, fused Adam, img/s NCHW -> NHWC, 2 cores:
 
-    resnet18, whole network       120 -> 134   (AMD EPYC, AVX-512)
-    resnet18, last stage only     470 -> 302   (2x2 maps: NHWC pays weight reorders)
+    resnet18, whole network       159 -> 177   (AMD EPYC, AVX-512; tlbench bench trial)
+    resnet18, last stage only     717 -> 674   (2x2 maps: NHWC pays weight reorders)
     resnet18, whole network       101 ->  85   (an earlier 2-core machine)
     efficientnet_lite0, whole      64 -> 118   (depthwise convolutions: NHWC always)
 
@@ -16,6 +18,13 @@ and strategy that shares it measures once.  Phases that only run the backbone fo
 (head-only: cache fill, evaluation) take NHWC, which is faster for inference on every
 CPU measured (efficientnet_lite0 374 -> 661 img/s, resnet18 305 -> 330).
 ``TLBENCH_CHANNELS_LAST=0/1`` forces one layout everywhere.
+
+Inference batch (evaluation, feature-cache fill, test): on CUDA twice the training
+batch; on the CPU the faster of 32 and 64 images, which also depends on the network
+(eval-mode forward, 64 px, NHWC, img/s at 32 -> 64: efficientnet_lite0 1078 -> 816,
+resnet18 475 -> 623).  The first pass over enough images times its own batches (no
+image is processed twice) and the choice is remembered per (architecture, start stage,
+input size).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from tlbench.device import synchronize
 from tlbench.model import StagedModel
 
 TRIAL_STEPS = 2  # timed steps per layout (after one untimed step), the best one counts
+INFERENCE_TRIAL = (32, 64, 32, 64)  # CPU: the first batches of a pass; the 2nd of each is timed
 
 
 @dataclass(frozen=True)
@@ -59,14 +69,14 @@ def forced_channels_last() -> Optional[bool]:
     return None if text == "" else text not in ("0", "false", "no")
 
 
-class FormatChooser:
+class Tuner:
     """Chooses (and remembers) each phase's memory layout on one device."""
 
     def __init__(self, device: torch.device, allow_nhwc: bool = True):
         self.device, self.allow_nhwc = device, allow_nhwc
         self.decisions: dict[Hashable, FormatChoice] = {}
 
-    def choose(
+    def layout(
         self,
         model: StagedModel,
         first: int,
@@ -90,6 +100,46 @@ class FormatChooser:
         if key not in self.decisions:
             self.decisions[key] = measure(model, first, *probe())
         return self.decisions[key]
+
+    def inference_plan(self, key: Hashable, train_batch: int) -> BatchPlan:
+        """How to batch an inference pass: fixed, or timed on its first batches (CPU)."""
+        if self.device.type == "cuda":
+            return BatchPlan(2 * train_batch)  # no activations kept: twice the training batch
+        key = ("inference", key)
+        if key in self.decisions:
+            return BatchPlan(self.decisions[key])
+        return BatchPlan(INFERENCE_TRIAL[0], lambda size: self.decisions.setdefault(key, size))
+
+
+class BatchPlan:
+    """Runs ``work(slice)`` over ``total`` items in batches of ``size``; with ``on_choice``
+    the first batches follow ``INFERENCE_TRIAL`` and the faster size per item is kept."""
+
+    def __init__(self, size: int, on_choice: Optional[Callable[[int], object]] = None):
+        self.size, self.on_choice = size, on_choice
+
+    def run(self, total: int, work: Callable[[slice], None]) -> None:
+        start = 0
+        if self.on_choice is not None and total >= 2 * sum(INFERENCE_TRIAL):
+            start = self._trial(work)
+        for lo in range(start, total, self.size):
+            work(slice(lo, min(lo + self.size, total)))
+
+    def _trial(self, work: Callable[[slice], None]) -> int:
+        """Real batches of the pass in the trial's sizes; returns where the pass goes on."""
+        seconds_per_item: dict[int, float] = {}
+        seen: set[int] = set()
+        start = 0
+        for size in INFERENCE_TRIAL:
+            began = time.perf_counter()
+            work(slice(start, start + size))
+            if size in seen:  # the first batch of a size pays one-off kernel setup
+                seconds_per_item[size] = (time.perf_counter() - began) / size
+            seen.add(size)
+            start += size
+        self.size = min(seconds_per_item, key=seconds_per_item.__getitem__)
+        self.on_choice(self.size)
+        return start
 
 
 def measure(

@@ -7,18 +7,20 @@ same bound as the feature-cache equality tests), and predictions agree exactly.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from plugin_fixtures import tiny_staged
 
-import tlbench.memformat as memformat
+import tlbench.tuning as tuning
 from tlbench.adapt import BatchAdapter
 from tlbench.data.sources import find_idx_files, load_idx_dir
 from tlbench.data.splits import make_splits
 from tlbench.features import FeatureCache
-from tlbench.memformat import FormatChooser
 from tlbench.specs import Phase
 from tlbench.train import CellTrainer, TrainConfig, set_phase_modes, trainable_groups
+from tlbench.tuning import BatchPlan, Tuner
 from tlbench.weights import WeightsChoice
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -58,20 +60,20 @@ def never(*_args):
 
 
 def test_forward_only_phases_and_cuda_take_nhwc_without_measuring(monkeypatch):
-    monkeypatch.setattr(memformat, "measure", never)
+    monkeypatch.setattr(tuning, "measure", never)
     model = tiny_model(3)
-    choice = FormatChooser(CPU).choose(model, 3, never, "k")
+    choice = Tuner(CPU).layout(model, 3, never, "k")
     assert (choice.channels_last, choice.label()) == (True, "nhwc:forward-only")
-    cuda = FormatChooser(torch.device("cuda")).choose(tiny_model(0), 0, never, "k")
+    cuda = Tuner(torch.device("cuda")).layout(tiny_model(0), 0, never, "k")
     assert cuda.label() == "nhwc:cuda"
-    assert FormatChooser(CPU, allow_nhwc=False).choose(model, 0, never, "k").label() == "nchw:off"
+    assert Tuner(CPU, allow_nhwc=False).layout(model, 0, never, "k").label() == "nchw:off"
 
 
 @pytest.mark.parametrize(("value", "label"), [("0", "nchw:forced"), ("1", "nhwc:forced")])
 def test_the_environment_forces_one_layout(monkeypatch, value, label):
-    monkeypatch.setattr(memformat, "measure", never)
+    monkeypatch.setattr(tuning, "measure", never)
     monkeypatch.setenv("TLBENCH_CHANNELS_LAST", value)
-    assert FormatChooser(CPU).choose(tiny_model(0), 0, never, "k").label() == label
+    assert Tuner(CPU).layout(tiny_model(0), 0, never, "k").label() == label
 
 
 @pytest.mark.parametrize(
@@ -84,14 +86,14 @@ def test_the_faster_layout_wins_and_is_measured_once_per_key(monkeypatch, nchw, 
         calls.append(layout)
         return nhwc if layout == torch.channels_last else nchw
 
-    monkeypatch.setattr(memformat, "_step_rate", fake_rate)
-    chooser, model = FormatChooser(CPU), tiny_model(1)
-    first = chooser.choose(model, 1, probe_for(model, 1), "key")
-    again = chooser.choose(model, 1, never, "key")  # remembered: no probe, no trial
+    monkeypatch.setattr(tuning, "_step_rate", fake_rate)
+    chooser, model = Tuner(CPU), tiny_model(1)
+    first = chooser.layout(model, 1, probe_for(model, 1), "key")
+    again = chooser.layout(model, 1, never, "key")  # remembered: no probe, no trial
     assert first is again and first.channels_last is expected
     assert first.rates == {"nchw": nchw, "nhwc": nhwc} and first.why == "measured"
     assert len(calls) == 2
-    chooser.choose(model, 1, probe_for(model, 1), "other key")
+    chooser.layout(model, 1, probe_for(model, 1), "other key")
     assert len(calls) == 4
 
 
@@ -99,7 +101,7 @@ def test_a_real_trial_times_both_layouts_and_leaves_the_model_alone():
     model = tiny_model(1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grads_before = [p.requires_grad for p in model.parameters()]
-    choice = FormatChooser(CPU).choose(model, 1, probe_for(model, 1), "k")
+    choice = Tuner(CPU).layout(model, 1, probe_for(model, 1), "k")
     assert set(choice.rates) == {"nchw", "nhwc"} and min(choice.rates.values()) > 0
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, before[name]), name  # weights and BN statistics
@@ -146,3 +148,42 @@ def test_a_cell_records_each_phases_measured_layout(synth_dir):
     assert head == "nhwc:forward-only" and full.endswith(":measured")
     assert record["memory_format_rates"][0] is None
     assert set(record["memory_format_rates"][1]) == {"nchw", "nhwc"}
+
+
+def covered(plan, total: int) -> list[slice]:
+    seen: list[slice] = []
+    plan.run(total, seen.append)
+    assert [i for s in seen for i in range(total)[s]] == list(range(total))  # once, in order
+    return seen
+
+
+def test_a_fixed_inference_plan_covers_every_item_once():
+    sizes = [s.stop - s.start for s in covered(BatchPlan(32), 100)]
+    assert sizes == [32, 32, 32, 4]
+
+
+def test_the_inference_trial_times_real_batches_and_remembers_the_faster(monkeypatch):
+    tuner = Tuner(CPU)
+    slow_size = {32: 64, 64: 32}
+    for slow in (64, 32):
+        key = f"net-{slow}"
+
+        def work(index: slice, slow=slow):
+            time.sleep(0.002 if index.stop - index.start == slow else 0.0)
+
+        plan = tuner.inference_plan(key, 64)
+        seen: list[slice] = []
+        plan.run(1000, lambda index, seen=seen, work=work: (seen.append(index), work(index)))
+        sizes = [s.stop - s.start for s in seen]
+        assert sizes[:4] == list(tuning.INFERENCE_TRIAL) and sum(sizes) == 1000
+        assert set(sizes[4:-1]) == {slow_size[slow]}  # the rest of the pass: the faster
+        assert tuner.inference_plan(key, 64).size == slow_size[slow]  # remembered
+        assert tuner.inference_plan(key, 64).on_choice is None
+
+
+def test_small_passes_and_cuda_do_not_run_the_trial():
+    tuner = Tuner(CPU)
+    sizes = [s.stop - s.start for s in covered(tuner.inference_plan("k", 64), 300)]
+    assert set(sizes[:-1]) == {tuning.INFERENCE_TRIAL[0]}  # too few images to time
+    assert tuner.inference_plan("k", 64).on_choice is not None  # nothing decided yet
+    assert Tuner(torch.device("cuda")).inference_plan("k", 64).size == 128
