@@ -148,6 +148,8 @@ def test_a_cell_records_each_phases_measured_layout(synth_dir):
     assert head == "nhwc:forward-only" and full.endswith(":measured")
     assert record["memory_format_rates"][0] is None
     assert set(record["memory_format_rates"][1]) == {"nchw", "nhwc"}
+    assert record["inference_folded_batchnorm"] is True  # tlbench.fold, tests/test_fold.py
+    assert record["inference_batch"] == tuning.INFERENCE_TRIAL[0]  # 100 test images: no trial
 
 
 def covered(plan, total: int) -> list[slice]:

@@ -34,7 +34,7 @@ from tlbench.bench_report import speedup_ceiling
 from tlbench.cells import canonical_strategy
 from tlbench.device import DeviceInfo, available_cores, resolve_device
 from tlbench.errors import TlbenchError
-from tlbench.flops import ModelFlops, matmul_peak, model_flops, train_step_flops
+from tlbench.flops import ModelFlops, Peak, matmul_peak, model_flops, train_step_flops
 from tlbench.naive import NaiveResult, NaiveSettings, run_naive, seed_transform
 from tlbench.plan import Cell, make_settings
 from tlbench.runner import Runner
@@ -89,6 +89,7 @@ def run_bench(request: BenchRequest, log: Callable[[str], None] = lambda text: N
         splits, _source = runner.splits_for(cell)
         cell, note = _with_weights(runner, cell, log)
         _warm_up(runner, cell, hw)
+        peak_before = matmul_peak(hw.device, size=PEAK_SIZE)
         log("naive pipeline: PIL transforms, DataLoader, fp32, backbone run every epoch ...")
         naive = _naive(runner, cell, splits, request, hw, log)
         log(f"naive: {naive.seconds:.1f} s, test accuracy {naive.accuracy:.2f}%")
@@ -100,7 +101,12 @@ def run_bench(request: BenchRequest, log: Callable[[str], None] = lambda text: N
             raise TlbenchError(f"the tlbench run of the cell failed: {record.get('error')}")
         log(f"tlbench: {tlbench_seconds:.1f} s, test accuracy {record['final_accuracy']:.2f}%")
         work = _work(runner, cell, record, splits.sizes())
-    peak = matmul_peak(hw.device, size=PEAK_SIZE)
+    # The device's speed drifts on shared machines: the peak is the better of a
+    # measurement before and one after both pipelines, so MFU is not inflated by a dip.
+    best = max(
+        peak_before, matmul_peak(hw.device, size=PEAK_SIZE), key=lambda p: p.flops_per_second
+    )
+    peak = Peak(best.flops_per_second, f"{best.method}; the better of runs before and after")
     result = summarize(request, cell, hw, note, naive, record, tlbench_seconds, work, peak)
     result["speedup_ceiling"] = round(speedup_ceiling(result), 3)
     # 1-minute load average: above the core count, other processes shared the CPU
@@ -305,6 +311,7 @@ def summarize(
         "cores": available_cores(),
         "memory_format": record.get("memory_format"),
         "memory_format_rates": record.get("memory_format_rates"),
+        "inference_batch": record.get("inference_batch"),
         "compile": request.compile,
         "naive_num_workers": request.num_workers,
         "naive_seconds": round(naive.seconds, 3),

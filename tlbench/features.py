@@ -104,11 +104,13 @@ def compute_prefix(
     batches: Union[int, BatchPlan],
     target: torch.device,
     autocast: bool,
+    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """stages[:stop] applied in eval mode to every image, batched, stored on ``target``.
 
     ``batches``: a batch size, or a :class:`~tlbench.tuning.BatchPlan` that may time
-    its first batches to choose one.
+    its first batches to choose one.  ``forward``: what computes stages[:stop] of a batch
+    (default ``model.forward_stages``; the trainer passes its BatchNorm-folded copy).
 
     Every module's own mode is restored afterwards (a phase may keep single modules of a
     trainable stage in eval mode, so a recursive ``train()`` would not do).
@@ -121,7 +123,7 @@ def compute_prefix(
         def batch(index: slice) -> None:
             x = adapter(images[index])
             with _autocast(x.device, autocast):
-                y = model.forward_stages(x, 0, stop)
+                y = forward(x) if forward else model.forward_stages(x, 0, stop)
             outputs.append(y.to(target, non_blocking=True))
 
         plan = batches if isinstance(batches, BatchPlan) else BatchPlan(batches)

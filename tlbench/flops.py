@@ -117,7 +117,7 @@ class Peak:
     method: str  # what was timed, e.g. "fp32 matmul 2048x2048x2048, best of 5"
 
 
-def matmul_peak(device: torch.device, seconds: float = 1.0, size: Optional[int] = None) -> Peak:
+def matmul_peak(device: torch.device, seconds: float = 2.0, size: Optional[int] = None) -> Peak:
     """The FLOP/s of one large square matmul here: fp32 on CPU, bf16 on CUDA (best run).
 
     Runs at least 3 times and until ``seconds`` have been spent (at most 50 runs).

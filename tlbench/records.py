@@ -56,6 +56,8 @@ class Record(TypedDict, total=False):
     feature_cache: str  # per phase: device|host (cached there), none, off:<why> (see train.py)
     memory_format: str  # per phase: nchw|nhwc:<why> (measured, forward-only, cuda, forced)
     memory_format_rates: list  # per phase: {"nchw": img/s, "nhwc": img/s} trial, or None
+    inference_batch: int  # batch of the final test pass (whole model; tlbench.tuning)
+    inference_folded_batchnorm: bool  # the test pass ran with BatchNorm folded (tlbench.fold)
     batch_size: int  # batch that actually ran
     curve: list  # [[epoch, val_accuracy_percent], ...]
     per_class: dict  # precision/recall/f1/support lists, class order

@@ -18,6 +18,7 @@ from tlbench.adapt import BatchAdapter, RandomShift
 from tlbench.data.loaded import Splits
 from tlbench.device import synchronize
 from tlbench.features import FeatureCache, _autocast, compute_prefix, prefix_bytes
+from tlbench.fold import folded_prefix
 from tlbench.freeze import FreezeSnapshot
 from tlbench.metrics import (
     confidence_stats,
@@ -110,6 +111,9 @@ class CellTrainer:
         self.ever_trained: set[str] = set()
         self.cache_places: list[str] = []
         self.layouts: list[FormatChoice] = []  # memory format per phase
+        self.inference_batches: dict[int, int] = {}  # start stage -> batch of its last pass
+        self.folded: Optional[torch.nn.Module] = None  # stages[:folded_upto], BN folded
+        self.folded_upto = 0
         self.best = (-1.0, None)  # (val accuracy, state dict copy)
         self.timing = Timing()
         self.seconds_to_threshold: Optional[float] = None
@@ -187,6 +191,7 @@ class CellTrainer:
         self.trainable_per_phase[phase.name] = count_params(p for g in params for p in g["params"])
         set_phase_modes(self.model, stages)
         layout = self._choose_layout(first)
+        self._fold_stages(first)  # the frozen prefix, for inference passes (tlbench.fold)
         # fused: one kernel per parameter instead of ~10 elementwise passes; same update
         # rule (measured on 2 CPU cores: resnet18 Adam step 57 ms -> 12 ms)
         optimizer = torch.optim.Adam(params, fused=self.device.type in ("cpu", "cuda"))
@@ -211,6 +216,23 @@ class CellTrainer:
         self.adapter.channels_last = choice.channels_last
         self.layouts.append(choice)
         return choice
+
+    def _fold_stages(self, stop: int) -> None:
+        """Inference through stages[:stop] (frozen from now on) uses a copy with each
+        BatchNorm folded into its convolution, when that copy checks out."""
+        probe = self.adapter(self.splits.train_images[:16])
+        self.folded = folded_prefix(self.model, stop, probe) if stop > 0 else None
+        self.folded_upto = stop if self.folded is not None else 0
+
+    def _forward(self, x: torch.Tensor, start: int = 0, stop: Optional[int] = None):
+        """stages[start:stop] for inference: the folded copy where it covers them."""
+        stop = self.n_stages if stop is None else stop
+        if start < self.folded_upto:
+            middle = min(stop, self.folded_upto)
+            for stage in list(self.folded)[start:middle]:
+                x = stage(x)
+            start = middle
+        return self.model.forward_stages(x, start, stop)
 
     def _probe_batch(self, first: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One training batch as stages[first:] see it: what a layout trial trains on."""
@@ -265,7 +287,14 @@ class CellTrainer:
             (self.config.cache_key, split, first),
             lambda: prefix_bytes(self.model, first, images, self.adapter, len(images), autocast),
             lambda target: compute_prefix(
-                self.model, first, images, self.adapter, self.inference_plan(), target, autocast
+                self.model,
+                first,
+                images,
+                self.adapter,
+                self.inference_plan(),
+                target,
+                autocast,
+                forward=lambda x: self._forward(x, 0, first),
             ),
         )
 
@@ -317,7 +346,7 @@ class CellTrainer:
         if first == 0:
             return x
         with torch.no_grad(), _autocast(self.device, self.config.autocast):
-            return self.model.forward_stages(x, 0, first)
+            return self._forward(x, 0, first)
 
     @torch.no_grad()
     def predict(
@@ -343,14 +372,16 @@ class CellTrainer:
             x = self._inputs(cached, images, index, 0 if keep is not None else start_at)
             with _autocast(self.device, self.config.autocast):
                 if keep is not None:
-                    x = self.model.forward_stages(x, 0, first)
+                    x = self._forward(x, 0, first)
                     keep.append(x)
-                out = self.model.head(self.model.forward_stages(x, start_at))
+                out = self.model.head(self._forward(x, start_at))
             preds.append(out.argmax(1))
             if confidence:
                 confs.append(out.float().softmax(1).amax(1))
 
-        self.inference_plan(start_at if cached is not None else 0).run(len(images), batch)
+        plan = self.inference_plan(start_at if cached is not None else 0)
+        plan.run(len(images), batch)
+        self.inference_batches[start_at if cached is not None else 0] = plan.size
         for module, mode in zip(self.model.modules(), was, strict=True):
             module.training = mode
         return (torch.cat(preds), torch.cat(confs)) if confidence else torch.cat(preds)
@@ -378,6 +409,9 @@ class CellTrainer:
         violations = snapshot.changed(self.ever_trained)
         test_labels = self.splits.test_labels
         keep = self._test_prefix_room(state)
+        phase_fold = self.folded, self.folded_upto
+        self._fold_stages(self.n_stages)  # training is over: every stage is final now
+        folded = self.folded is not None
         synchronize(self.device)
         t0 = time.perf_counter()
         preds, confidence = self.predict(
@@ -385,6 +419,7 @@ class CellTrainer:
         )
         synchronize(self.device)
         infer_seconds = time.perf_counter() - t0  # raw images in, whole model: no cache
+        self.folded, self.folded_upto = phase_fold  # the best checkpoint has other weights
         test_prefix = torch.cat(keep) if keep else None
         confusion = confusion_matrix(preds, test_labels, self.config.num_classes)
         final = 100.0 * float((preds == test_labels).float().mean())
@@ -409,6 +444,8 @@ class CellTrainer:
             "feature_cache": ",".join(self.cache_places),
             "memory_format": ",".join(choice.label() for choice in self.layouts),
             "memory_format_rates": [choice.rates for choice in self.layouts],
+            "inference_batch": self.inference_batches.get(0),
+            "inference_folded_batchnorm": folded,
             "curve": [list(p) for p in self.curve],
             "per_class": per_class_scores(confusion),
             "confusion": confusion.cpu().tolist(),
