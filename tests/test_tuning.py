@@ -82,11 +82,12 @@ def test_the_environment_forces_one_layout(monkeypatch, value, label):
 def test_the_faster_layout_wins_and_is_measured_once_per_key(monkeypatch, nchw, nhwc, expected):
     calls = []
 
-    def fake_rate(_tail, _x, _labels, layout):
+    def fake_trial(_tail, _x, labels, layout):
         calls.append(layout)
-        return nhwc if layout == torch.channels_last else nchw
+        rate = nhwc if layout == torch.channels_last else nchw
+        return lambda: len(labels) / rate  # seconds per step
 
-    monkeypatch.setattr(tuning, "_step_rate", fake_rate)
+    monkeypatch.setattr(tuning, "_trial_step", fake_trial)
     chooser, model = Tuner(CPU), tiny_model(1)
     first = chooser.layout(model, 1, probe_for(model, 1), "key")
     again = chooser.layout(model, 1, never, "key")  # remembered: no probe, no trial

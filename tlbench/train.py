@@ -190,6 +190,7 @@ class CellTrainer:
         params = self._set_trainable(phase, stages)
         self.trainable_per_phase[phase.name] = count_params(p for g in params for p in g["params"])
         set_phase_modes(self.model, stages)
+        self.folded, self.folded_upto = None, 0  # the last phase's copy may cover these stages
         layout = self._choose_layout(first)
         self._fold_stages(first)  # the frozen prefix, for inference passes (tlbench.fold)
         # fused: one kernel per parameter instead of ~10 elementwise passes; same update

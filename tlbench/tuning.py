@@ -12,7 +12,9 @@ Training steps, 64 px, batch 64, fused Adam, img/s NCHW -> NHWC, 2 cores:
     efficientnet_lite0, whole      64 -> 118   (depthwise convolutions: NHWC always)
 
 So a phase that trains part of the backbone times a few real steps of that part in
-both layouts (on a copy, with the phase's own inputs) and keeps the faster one; the
+both layouts, taking turns (on copies, with the phase's own inputs; a best-of-2 trial
+run one layout after the other once picked the wrong one on a drifting machine), and
+keeps the faster by median step; the
 decision is remembered per (architecture, trainable set, batch shape), so every seed
 and strategy that shares it measures once.  Phases that only run the backbone forward
 (head-only: cache fill, evaluation) take NHWC, which is faster for inference on every
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Hashable, Optional
@@ -42,7 +45,7 @@ from torch import nn
 from tlbench.device import synchronize
 from tlbench.model import StagedModel
 
-TRIAL_STEPS = 2  # timed steps per layout (after one untimed step), the best one counts
+TRIAL_STEPS = 3  # scored steps per layout, taking turns, after one unscored step each
 INFERENCE_TRIAL = (32, 64, 32, 64)  # CPU: the first batches of a pass; the 2nd of each is timed
 
 
@@ -145,27 +148,36 @@ class BatchPlan:
 def measure(
     model: StagedModel, first: int, inputs: torch.Tensor, labels: torch.Tensor
 ) -> FormatChoice:
-    """Time training steps of stages[first:] + head in both layouts, on copies."""
+    """Time training steps of stages[first:] + head in both layouts, on copies.
+
+    The layouts take turns, step by step, and each is scored by its median step: the
+    speed of a shared machine drifts, and both layouts then see the same drift.
+    """
     tail = nn.Sequential(*list(model.stages)[first:], model.head)
-    rates = {
-        name: _step_rate(tail, inputs, labels, layout)
-        for name, layout in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last))
-    }
-    rounded = {name: round(rate, 1) for name, rate in rates.items()}
-    return FormatChoice(rates["nhwc"] > rates["nchw"], "measured", rounded)
+    layouts = (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last))
+    steps = {name: _trial_step(tail, inputs, labels, layout) for name, layout in layouts}
+    for step in steps.values():
+        step()  # one-off kernel setup and allocations: not scored
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(TRIAL_STEPS):
+        for name, step in steps.items():
+            seconds[name].append(step())
+    rates = {name: round(len(labels) / statistics.median(s), 1) for name, s in seconds.items()}
+    return FormatChoice(rates["nhwc"] > rates["nchw"], "measured", rates)
 
 
-def _step_rate(
+def _trial_step(
     tail: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, layout: torch.memory_format
-) -> float:
-    """Images/s of the best of ``TRIAL_STEPS`` training steps (one untimed step first)."""
+) -> Callable[[], float]:
+    """A function running one training step of a copy of ``tail`` in ``layout``; it
+    returns the step's seconds."""
     tail = copy.deepcopy(tail).to(memory_format=layout)
     x = inputs.contiguous(memory_format=layout) if inputs.dim() == 4 else inputs
     params = [p for p in tail.parameters() if p.requires_grad]
     fused = inputs.device.type in ("cpu", "cuda")
     optimizer = torch.optim.Adam(params, lr=0.0, fused=fused)  # the phase's optimizer kind
-    best = float("inf")
-    for step in range(TRIAL_STEPS + 1):
+
+    def step() -> float:
         synchronize(inputs.device)
         started = time.perf_counter()
         loss = F.cross_entropy(tail(x).float(), labels)
@@ -173,6 +185,6 @@ def _step_rate(
         loss.backward()
         optimizer.step()
         synchronize(inputs.device)
-        if step:
-            best = min(best, time.perf_counter() - started)
-    return len(labels) / best
+        return time.perf_counter() - started
+
+    return step
