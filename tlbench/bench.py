@@ -367,11 +367,13 @@ def command_line(request: BenchRequest) -> str:
 
 
 def result_filename(result: dict) -> str:
-    """e.g. ``cpu-2core-efficientnet_lite0-linear_probe-mnist-64px.json``."""
+    """e.g. ``cpu-2core-efficientnet_lite0-linear_probe-mnist-64px.json`` (``-compile``
+    before ``.json`` with ``--compile``)."""
     strategy = result["strategy"].replace(":", "")
+    compiled = "-compile" if result.get("compile") else ""
     return (
         f"{result['device_slug']}-{result['backbone']}-{strategy}-{result['dataset']}-"
-        f"{result['resolution']}px.json"
+        f"{result['resolution']}px{compiled}.json"
     )
 
 

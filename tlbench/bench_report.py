@@ -66,7 +66,7 @@ def _table(results: list[dict]) -> str:
             + " | ".join(
                 [
                     r["backbone"],
-                    r["strategy"],
+                    r["strategy"] + (" (--compile)" if r.get("compile") else ""),
                     r["weights"],
                     r["device"],
                     str(r["resolution"]),
