@@ -172,3 +172,29 @@ def test_run_augment_turns_the_cache_off_in_the_record(tiny_plugin, tmp_path):
     assert record["feature_cache"] == "off:augment" and record["config"]["augment"] == "shift:2"
     bad = CliRunner().invoke(app, [("flip" if a == "shift:2" else a) for a in args])
     assert isinstance(bad.exception, TlbenchError) and "--augment 'flip'" in str(bad.exception)
+
+
+def test_main_job_before_and_after_table(tmp_path):
+    from tlbench.bench_report import main_job_markdown
+
+    def run(label: str, seconds: dict, strategy_names: dict) -> None:
+        folder = tmp_path / "mainjob" / label
+        folder.mkdir(parents=True)
+        meta = {"label": label, "command": f"tlbench run ({label})", "environment": "here"}
+        meta["process_wall_seconds"] = sum(seconds.values()) + 10
+        (folder / "run.json").write_text(json.dumps(meta))
+        rows = [
+            {"dataset": "mnist", "strategy": strategy_names.get(s, s), "final_accuracy": 90.0,
+             "weights": "random" if s == "scratch" else "imagenet", "wall_seconds": w}
+            for s, w in seconds.items()
+        ]  # fmt: skip
+        (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    assert main_job_markdown(tmp_path) == ""
+    run("before", {"partial:2": 30.0, "scratch": 60.0}, {"partial:2": "partial", "scratch": "full"})
+    run("after", {"partial:2": 10.0, "scratch": 30.0}, {})
+    table = main_job_markdown(tmp_path)
+    assert "| mnist | partial:2 | 30.0 | 10.0 | 3.00x |" in table  # old names mapped
+    assert "| mnist | scratch | 60.0 | 30.0 | 2.00x |" in table
+    assert "| all cells | | 90.0 | 40.0 | 2.25x |" in table
+    assert "| process wall | | 100.0 | 50.0 | 2.00x |" in table

@@ -190,3 +190,19 @@ def test_small_passes_and_cuda_do_not_run_the_trial():
     assert set(sizes[:-1]) == {tuning.INFERENCE_TRIAL[0]}  # too few images to time
     assert tuner.inference_plan("k", 64).on_choice is not None  # nothing decided yet
     assert Tuner(torch.device("cuda")).inference_plan("k", 64).size == 128
+
+
+def test_compile_covers_every_stage_and_trial_copies_stay_eager(monkeypatch):
+    import torch._dynamo
+
+    from tlbench.train import compile_stages
+    from tlbench.tuning import eager_copy
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    model = tiny_model(0)
+    compile_stages(model)  # lazy: nothing is compiled until a forward pass
+    assert torch._dynamo.config.recompile_limit >= len(model.stages) + 1
+    assert all(m._compiled_call_impl is not None for m in (*model.stages, model.head))
+    copy = eager_copy(model)
+    assert all(m._compiled_call_impl is None for m in copy.modules())
+    assert model.stages[0]._compiled_call_impl is not None  # the original keeps compiling

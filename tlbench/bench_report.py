@@ -115,3 +115,59 @@ def _layout(r: dict) -> str:
 
 def _rule(header: str) -> str:
     return "|" + " --- |" * (header.count("|") - 1)
+
+
+def main_job_markdown(output: Path) -> str:
+    """The main job's cells timed before and after: ``output``/mainjob/before and
+    ``output``/mainjob/after each hold a ``records.jsonl`` of that run and a ``run.json``
+    saying which code and command."""
+    runs = [
+        (json.loads((d / "run.json").read_text()), _cells(d / "records.jsonl"))
+        for d in sorted(Path(output).glob("mainjob/*/"), key=lambda d: d.name != "before")
+        if (d / "run.json").is_file() and (d / "records.jsonl").is_file()
+    ]
+    if len(runs) != 2:
+        return ""
+    (before, old), (after, new) = runs
+    lines = [
+        "### The main job, before and after",
+        "",
+        f"The embedded default's ten cells, computed from scratch twice on one machine, one "
+        f"run after the other ({after['environment']}). Before: `{before['command']}` at "
+        f"{before['label']}; after: `{after['command']}` ({after['label']}). Cell wall "
+        "seconds are the records' `wall_seconds`; the process wall time also holds data "
+        "loading, model builds and the leaderboard.",
+        "",
+        "| dataset | strategy | before s | after s | before / after | before acc % | after acc % |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, r in new.items():
+        o = old[key]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {o['wall_seconds']:.1f} | {r['wall_seconds']:.1f} | "
+            f"{o['wall_seconds'] / r['wall_seconds']:.2f}x | {o['final_accuracy']:.2f} | "
+            f"{r['final_accuracy']:.2f} |"
+        )
+    cells_before = sum(r["wall_seconds"] for r in old.values())
+    cells_after = sum(r["wall_seconds"] for r in new.values())
+    lines.append(
+        f"| all cells | | {cells_before:.1f} | {cells_after:.1f} | "
+        f"{cells_before / cells_after:.2f}x | | |"
+    )
+    lines.append(
+        f"| process wall | | {before['process_wall_seconds']:.1f} | "
+        f"{after['process_wall_seconds']:.1f} | "
+        f"{before['process_wall_seconds'] / after['process_wall_seconds']:.2f}x | | |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _cells(path: Path) -> dict:
+    """(dataset, strategy) -> record; the foundation called the reference row ``full``
+    with random weights and ``partial`` meant ``partial:2``: named as now."""
+    cells = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        strategy = "scratch" if r["weights"] == "random" else r["strategy"]
+        cells[(r["dataset"], "partial:2" if strategy == "partial" else strategy)] = r
+    return cells

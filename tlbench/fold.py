@@ -11,7 +11,6 @@ batch (``RTOL``/``ATOL``), otherwise it is not used.  The model itself is never 
 
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from tlbench.model import StagedModel
+from tlbench.tuning import eager_copy
 
 RTOL, ATOL = 1e-4, 1e-4  # folded vs plain prefix on the probe batch (fp32 rounding only)
 
@@ -27,7 +27,7 @@ RTOL, ATOL = 1e-4, 1e-4  # folded vs plain prefix on the probe batch (fp32 round
 def folded_prefix(model: StagedModel, stop: int, probe: torch.Tensor) -> Optional[nn.Module]:
     """stages[:stop] in eval mode with BatchNorms folded, or None (nothing to fold, or
     the folded copy does not reproduce the prefix on ``probe``)."""
-    prefix = copy.deepcopy(nn.Sequential(*list(model.stages)[:stop])).eval()
+    prefix = eager_copy(nn.Sequential(*list(model.stages)[:stop])).eval()
     pairs = _conv_bn_pairs(prefix, probe)
     folded = [pair for pair in pairs if _fold(prefix, *pair)]
     if not folded:

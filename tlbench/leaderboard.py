@@ -56,10 +56,10 @@ def build(output: str | Path, path: str | Path = "BENCHMARKS.md") -> str:
 
 def performance_section(output: str | Path) -> list[str]:
     """The "Performance" section from ``output``/bench (``tlbench bench --save``), if any."""
-    from tlbench.bench_report import performance_markdown
+    from tlbench.bench_report import main_job_markdown, performance_markdown
 
-    text = performance_markdown(Path(output) / "bench")
-    return [text] if text else []
+    texts = [performance_markdown(Path(output) / "bench"), main_job_markdown(Path(output))]
+    return [text for text in texts if text]
 
 
 def write(output: str | Path, path: str | Path) -> Path:

@@ -138,8 +138,7 @@ class CellTrainer:
     def run(self) -> dict:
         snapshot = FreezeSnapshot(self.model)
         if self.config.compile:
-            for module in (*self.model.stages, self.model.head):
-                module.compile()  # in place: parameter names (and the freeze check) unchanged
+            compile_stages(self.model)
         starts, evals = self.phase_boundaries(), self.eval_steps()
         state: Optional[PhaseState] = None
         perm = host_perm = torch.empty(0, dtype=torch.long)
@@ -481,6 +480,20 @@ class CellTrainer:
         )
         self.model.load_state_dict(current)
         return 100.0 * float((preds == self.splits.test_labels).float().mean())
+
+
+def compile_stages(model: StagedModel) -> None:
+    """torch.compile every stage and the head, in place (parameter names, and so the freeze
+    check, unchanged).  Stages share forward code, so dynamo keeps one compiled entry per
+    stage under one code object: its recompile limit (default 8) must cover them all, or
+    the stages past the limit silently run eager."""
+    import torch._dynamo
+
+    modules = [*model.stages, model.head]
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 4 * len(modules))
+    for module in modules:
+        module.compile()
 
 
 def selected_params(stage: torch.nn.Module, phase: Phase) -> list[torch.nn.Parameter]:

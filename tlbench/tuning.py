@@ -171,7 +171,7 @@ def _trial_step(
 ) -> Callable[[], float]:
     """A function running one training step of a copy of ``tail`` in ``layout``; it
     returns the step's seconds."""
-    tail = copy.deepcopy(tail).to(memory_format=layout)
+    tail = eager_copy(tail).to(memory_format=layout)
     x = inputs.contiguous(memory_format=layout) if inputs.dim() == 4 else inputs
     params = [p for p in tail.parameters() if p.requires_grad]
     fused = inputs.device.type in ("cpu", "cuda")
@@ -188,3 +188,12 @@ def _trial_step(
         return time.perf_counter() - started
 
     return step
+
+
+def eager_copy(module: nn.Module) -> nn.Module:
+    """A deep copy that runs eagerly even where ``module.compile()`` was called: a trial or
+    a folded copy must not pay (or trigger) compilation."""
+    clone = copy.deepcopy(module)
+    for m in clone.modules():
+        m._compiled_call_impl = None
+    return clone
