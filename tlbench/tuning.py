@@ -6,27 +6,29 @@ Why measure instead of a rule: on the CPU the faster layout depends on the layer
 phase trains, their spatial size and the machine (oneDNN picks kernels by ISA).
 Training steps, 64 px, batch 64, fused Adam, img/s NCHW -> NHWC, 2 cores:
 
-    resnet18, whole network       159 -> 177   (AMD EPYC, AVX-512; tlbench bench trial)
-    resnet18, last stage only     717 -> 674   (2x2 maps: NHWC pays weight reorders)
-    resnet18, whole network       101 ->  85   (an earlier 2-core machine)
-    efficientnet_lite0, whole      64 -> 118   (depthwise convolutions: NHWC always)
+    resnet18, whole network       178 -> 185, 181 -> 205   (AMD EPYC, AVX-512)
+    resnet18, last stage only     536 -> 445   (2x2 maps: NHWC pays weight reorders)
+    efficientnet_lite0, whole     108 -> 208   (depthwise convolutions)
+    resnet18, whole network       101 ->  85   (an earlier 2-core machine, fixed trial)
+
+(the first four: trials recorded in results/bench/*.json by ``tlbench bench``).
 
 So a phase that trains part of the backbone times a few real steps of that part in
 both layouts, taking turns (on copies, with the phase's own inputs; a best-of-2 trial
 run one layout after the other once picked the wrong one on a drifting machine), and
-keeps the faster by median step; the
-decision is remembered per (architecture, trainable set, batch shape), so every seed
-and strategy that shares it measures once.  Phases that only run the backbone forward
-(head-only: cache fill, evaluation) take NHWC, which is faster for inference on every
-CPU measured (efficientnet_lite0 374 -> 661 img/s, resnet18 305 -> 330).
+keeps the faster by median step; the decision is remembered per (architecture,
+trainable set, batch shape), so every seed and strategy that shares it measures once.
+Phases that only run the backbone forward (head-only: cache fill, evaluation) take
+NHWC, faster for inference on every CPU measured (efficientnet_lite0 374 -> 661 img/s,
+resnet18 305 -> 330).
 ``TLBENCH_CHANNELS_LAST=0/1`` forces one layout everywhere.
 
 Inference batch (evaluation, feature-cache fill, test): on CUDA twice the training
 batch; on the CPU the faster of 32 and 64 images, which also depends on the network
-(eval-mode forward, 64 px, NHWC, img/s at 32 -> 64: efficientnet_lite0 1078 -> 816,
-resnet18 475 -> 623).  The first pass over enough images times its own batches (no
-image is processed twice) and the choice is remembered per (architecture, start stage,
-input size).
+(eval-mode forward, 64 px, NHWC, img/s at 32 -> 64, a development measurement:
+efficientnet_lite0 1078 -> 816, resnet18 475 -> 623).  The first pass over enough
+images times its own batches (no image is processed twice) and the choice is remembered
+per (architecture, start stage, input size).
 """
 
 from __future__ import annotations
@@ -73,11 +75,11 @@ def forced_channels_last() -> Optional[bool]:
 
 
 class Tuner:
-    """Chooses (and remembers) each phase's memory layout on one device."""
+    """Chooses, and remembers for later cells, layouts and inference batches on one device."""
 
     def __init__(self, device: torch.device, allow_nhwc: bool = True):
         self.device, self.allow_nhwc = device, allow_nhwc
-        self.decisions: dict[Hashable, FormatChoice] = {}
+        self.decisions: dict[Hashable, FormatChoice | int] = {}  # layouts, batch sizes
 
     def layout(
         self,
