@@ -88,3 +88,27 @@ def confidence_stats(
 
 def _mean_or_none(values: torch.Tensor) -> Optional[float]:
     return round(float(values.mean()), 6) if len(values) else None
+
+
+def encode_correct(correct: torch.Tensor) -> str:
+    """Per-image correctness on test (in test-split order) as base64 of packed bits.
+
+    Kept in the record (``test_correct``) so statistics can resample test images
+    (paired bootstrap, McNemar): 1,000 images cost 168 characters.
+    """
+    import base64
+
+    import numpy as np
+
+    bits = np.packbits(correct.detach().to("cpu", torch.bool).numpy())
+    return base64.b64encode(bits.tobytes()).decode("ascii")
+
+
+def decode_correct(text: str, count: int) -> "np.ndarray":  # noqa: F821
+    """Inverse of :func:`encode_correct`: a bool array of ``count`` images."""
+    import base64
+
+    import numpy as np
+
+    bits = np.frombuffer(base64.b64decode(text), dtype=np.uint8)
+    return np.unpackbits(bits)[:count].astype(bool)

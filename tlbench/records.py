@@ -62,6 +62,7 @@ class Record(TypedDict, total=False):
     curve: list  # [[epoch, val_accuracy_percent], ...]
     per_class: dict  # precision/recall/f1/support lists, class order
     confusion: list  # [true][pred] counts on test
+    test_correct: str  # per test image (split order) 1 = correct: base64 packed bits
     confidence_correct: Optional[float]  # mean max-softmax (0..1) on correct test predictions
     confidence_wrong: Optional[float]  # mean max-softmax on wrong ones; None: none wrong
     ece: float  # expected calibration error on test, 15 equal-width bins, 0..1

@@ -23,6 +23,7 @@ from tlbench.freeze import FreezeSnapshot
 from tlbench.metrics import (
     confidence_stats,
     confusion_matrix,
+    encode_correct,
     epochs_to_threshold,
     per_class_scores,
 )
@@ -449,6 +450,7 @@ class CellTrainer:
             "curve": [list(p) for p in self.curve],
             "per_class": per_class_scores(confusion),
             "confusion": confusion.cpu().tolist(),
+            "test_correct": encode_correct(preds == test_labels),
             **confidence_stats(confidence, preds == test_labels),
         }
 
