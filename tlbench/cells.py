@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from tlbench.plan import Cell, Settings
 from tlbench.registry import Registry
+from tlbench.specs import split_strategy_arg
 
 REFERENCE = ("scratch", "random")  # the from-scratch row: strategy, weights
 
@@ -55,9 +56,12 @@ def expand(choices: Choices, settings: Settings, registry: Registry) -> list[Cel
 
 
 def canonical_strategy(text: str, registry: Registry) -> str:
-    """``partial`` -> ``partial:2`` (its documented default), so equal cells hash equal."""
+    """``partial`` -> ``partial:2`` (its documented default), options sorted after it
+    (``partial:bn=frozen`` -> ``partial:2,bn=frozen``), so equal cells hash equal."""
     name, _, arg = text.partition(":")
     spec = registry.get("strategies", name)
-    if not arg and spec.default_arg is not None:
-        return f"{name}:{spec.default_arg}"
-    return text
+    positional, options = split_strategy_arg(name, arg or None)
+    positional = positional if positional is not None else spec.default_arg
+    parts = [positional] if positional is not None else []
+    parts += [f"{key}={value}" for key, value in sorted(options.items())]
+    return f"{name}:{','.join(parts)}" if parts else name

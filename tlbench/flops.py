@@ -97,7 +97,7 @@ def train_step_flops(
     stages = phase_stages(phase, len(model.stages))
     first = stages[0] if stages else len(model.stages)
     trainable_groups(model, phase, stages, base_lr)
-    set_phase_modes(model, stages)
+    set_phase_modes(model, stages, phase.bn)
     device = next(model.parameters()).device
     x = torch.zeros(2, 3, resolution, resolution, device=device)
     with torch.no_grad():

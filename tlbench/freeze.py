@@ -10,8 +10,9 @@ from tlbench.model import StagedModel
 class FreezeSnapshot:
     """Copies of every parameter and buffer taken before training.
 
-    After training, any parameter that no optimizer ever held and any buffer (BatchNorm
-    running statistics) of a module whose parameters were all frozen must be unchanged.
+    After training, any parameter that no optimizer ever held must be unchanged, and so
+    must every buffer (BatchNorm running statistics) of a module that never ran in
+    train mode: a ``frozen`` BatchNorm policy is checked bit-for-bit too.
     """
 
     def __init__(self, model: StagedModel):
@@ -19,24 +20,21 @@ class FreezeSnapshot:
         self.params = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
 
-    def changed(self, trained: set[str]) -> list[str]:
-        """Names of frozen tensors that changed (empty when the freeze held)."""
+    def changed(self, trained: set[str], stats_adapted: set[str]) -> list[str]:
+        """Names of frozen tensors that changed (empty when the freeze held).
+
+        ``trained``: parameters some optimizer held; ``stats_adapted``: modules that ran in
+        train mode at some point (their running statistics may move).
+        """
         bad = [
             n
             for n, p in self.model.named_parameters()
             if n not in trained and n in self.params and not torch.equal(p, self.params[n])
         ]
-        frozen_modules = self._fully_frozen_modules(trained)
         for name, buf in self.model.named_buffers():
             owner = name.rsplit(".", 1)[0]
-            if owner in frozen_modules and not torch.equal(buf, self.buffers[name]):
+            if name not in self.buffers or owner in stats_adapted:
+                continue
+            if not torch.equal(buf, self.buffers[name]):
                 bad.append(name)
         return bad
-
-    def _fully_frozen_modules(self, trained: set[str]) -> set[str]:
-        frozen = set()
-        for name, module in self.model.named_modules():
-            own = [f"{name}.{p}" if name else p for p, _ in module.named_parameters()]
-            if not any(p in trained for p in own):
-                frozen.add(name)
-        return frozen

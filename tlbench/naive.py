@@ -119,7 +119,8 @@ def run_naive(
         epoch_start = time.perf_counter()
         for images, labels in loader:
             if step in starts:
-                optimizer, stages = _enter_phase(model, phases[starts.index(step)], settings.lr)
+                phase = phases[starts.index(step)]
+                optimizer, stages = _enter_phase(model, phase, settings.lr)
             images, labels = images.to(device), labels.to(device)
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad()
@@ -129,7 +130,7 @@ def run_naive(
         synchronize(device)
         train_seconds += time.perf_counter() - epoch_start
         curve.append(evaluate(model, val_loader, device))
-        set_phase_modes(model, stages)  # back to the phase's modes after evaluation
+        set_phase_modes(model, stages, phase.bn)  # back to the phase's modes after evaluation
     accuracy = evaluate(model, test_loader, device)
     seconds = time.perf_counter() - start
     return NaiveResult(seconds, train_seconds, len(train_set) * settings.epochs, accuracy, curve)
@@ -143,7 +144,7 @@ def _eval_loader(images, labels, transform, settings: NaiveSettings) -> DataLoad
 def _enter_phase(model: StagedModel, phase: Phase, lr: float):
     stages = phase_stages(phase, len(model.stages))
     groups = trainable_groups(model, phase, stages, lr)
-    set_phase_modes(model, stages)
+    set_phase_modes(model, stages, phase.bn)
     return torch.optim.Adam(groups), stages
 
 

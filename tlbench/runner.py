@@ -27,6 +27,7 @@ from tlbench.model import StagedModel
 from tlbench.plan import Cell
 from tlbench.records import RECORDS_FILE, Record, append_record, finished_hashes, load_records
 from tlbench.registry import Registry
+from tlbench.specs import split_strategy_arg
 from tlbench.train import CellTrainer, Diverged, TrainConfig
 from tlbench.tuning import Tuner
 from tlbench.weights import WeightsChoice, WeightsUnavailable
@@ -98,7 +99,7 @@ class Runner:
                 spec = self.registry.get("strategies", name)
                 try:
                     epochs = group[0].settings.epochs
-                    spec.phases(len(model.stages), arg or spec.default_arg, epochs)
+                    spec.phases(len(model.stages), arg or None, epochs)
                 except TlbenchError:
                     raise
                 except Exception:  # noqa: BLE001 - a plugin bug: its cells record it
@@ -287,9 +288,10 @@ class Runner:
         torch.manual_seed(cell.seed)  # same head init for every strategy of a seed: paired
         model.set_head(self._dataset(cell).num_classes, cell.settings.head_hidden)
         if strategy.prepare is not None:
-            strategy.prepare(model, arg or strategy.default_arg)
+            positional, _ = split_strategy_arg(name, arg or None)
+            strategy.prepare(model, positional if positional is not None else strategy.default_arg)
         model.to(self.device.device)
-        return model, arg or strategy.default_arg, strategy
+        return model, arg or None, strategy
 
     def _cache_key(self, cell: Cell, strategy) -> tuple:
         """Cells sharing weights, resolution and data share frozen-prefix features."""

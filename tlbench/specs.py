@@ -40,18 +40,34 @@ class BackboneSpec:
     imagenet_unavailable: Callable[[], Optional[str]] = lambda: None
 
 
+BN_POLICIES = ("frozen", "train")
+# Learning rates a strategy tries under ``--lr auto`` unless it declares its own grid:
+# Adam's usual fine-tuning range.  Heads on frozen features and bias/norm-only tuning
+# declare larger ones (tlbench.builtin.strategies).
+DEFAULT_LR_GRID = (1e-4, 3e-4, 1e-3)
+
+
 @dataclass(frozen=True)
 class Phase:
     """One training phase: which stages train, at which learning rate, how long.
 
     ``train_stages`` holds stage indices (negative ones count from the last stage);
-    the head always trains.  ``epochs`` is a fraction of the cell's epoch budget so
-    a strategy stays meaningful for any ``--epochs``.
+    the head always trains, at the cell's LR.  ``epochs`` is a fraction of the cell's
+    epoch budget so a strategy stays meaningful for any ``--epochs``.
+
+    ``bn`` is the BatchNorm policy inside the stages this phase trains (stages that do
+    not train are always in eval mode): ``frozen`` runs them in eval mode, so running
+    statistics stay fixed (verified bit-for-bit) and what the head sees only changes
+    through trained weights; ``train`` uses batch statistics and lets running statistics
+    adapt to the new data.  A phase change keeps the optimizer state (Adam moments) and
+    the learning rate of every parameter that keeps training, unless
+    ``reset_optimizer``.
     """
 
     name: str
     epoch_fraction: float = 1.0
     train_stages: Sequence[int] = ()
+    # LR of the backbone stages this phase trains, relative to the head's (the cell's) LR.
     lr_scale: float = 1.0
     # Multiply the LR by this factor per stage going from the head to the stem
     # (layer-wise LR decay); 1.0 means one LR for all trainable stages.
@@ -61,6 +77,12 @@ class Phase:
     # Optional selection by the module that owns a parameter (e.g. norm layers only);
     # a parameter trains when both filters accept it.
     module_filter: Optional[Callable[[nn.Module], bool]] = None
+    bn: str = "train"
+    reset_optimizer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bn not in BN_POLICIES:
+            raise ValueError(f"Phase {self.name!r}: bn={self.bn!r}, expected one of {BN_POLICIES}")
 
 
 @dataclass(frozen=True)
@@ -81,14 +103,61 @@ class StrategySpec:
     # Weights the strategy always starts from, whatever --weights says (``scratch``:
     # "random"); the cell, its hash and its record carry these weights.
     weights: Optional[str] = None
+    # Base learning rates ``--lr auto`` chooses from, on validation (tlbench.lr_search).
+    lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
 
     def phases(self, num_stages: int, arg: Optional[str], epochs: int) -> list[Phase]:
-        """The plan for a cell; ``epochs`` (the budget) goes only to plans that take it."""
+        """The plan for a cell; ``epochs`` (the budget) goes only to plans that take it.
+
+        ``arg`` may carry options after the plan's own argument (``partial:2,bn=frozen``);
+        ``bn=`` overrides the BatchNorm policy of every phase that trains a stage.
+        """
+        import dataclasses
         import inspect
 
+        positional, options = split_strategy_arg(self.name, arg)
+        positional = positional if positional is not None else self.default_arg
         if "epochs" in inspect.signature(self.plan).parameters:
-            return self.plan(num_stages, arg, epochs=epochs)
-        return self.plan(num_stages, arg)
+            phases = self.plan(num_stages, positional, epochs=epochs)
+        else:
+            phases = self.plan(num_stages, positional)
+        if "bn" in options:
+            phases = [
+                dataclasses.replace(p, bn=options["bn"]) if p.train_stages else p for p in phases
+            ]
+        return phases
+
+
+STRATEGY_OPTIONS = {"bn": BN_POLICIES}
+
+
+def split_strategy_arg(name: str, arg: Optional[str]) -> tuple[Optional[str], dict[str, str]]:
+    """``"2,bn=frozen"`` -> ``("2", {"bn": "frozen"})``: the plan's argument and options.
+
+    Options are ``key=value`` items; each key and value is checked here, once.
+    """
+    from tlbench.errors import TlbenchError
+
+    positional: list[str] = []
+    options: dict[str, str] = {}
+    for item in (arg or "").split(","):
+        key, eq, value = item.partition("=")
+        if not eq:
+            if item:
+                positional.append(item)
+            continue
+        accepted = STRATEGY_OPTIONS.get(key)
+        if accepted is None or value not in accepted:
+            allowed = "; ".join(f"{k}={'|'.join(v)}" for k, v in STRATEGY_OPTIONS.items())
+            raise TlbenchError(
+                f"strategy {name}:{arg} is invalid: unknown option {item!r} (accepted: {allowed})."
+            )
+        options[key] = value
+    if len(positional) > 1:
+        raise TlbenchError(
+            f"strategy {name}:{arg} is invalid: one argument at most, then options like bn=train."
+        )
+    return (positional[0] if positional else None), options
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,13 @@ from tlbench.hookspecs import hookimpl
 from tlbench.specs import Phase, StrategySpec
 
 TWO_STAGE_LR_SCALE = 0.1  # the seeds' method: fine-tune at a tenth of the head's LR
+# --lr auto grids (Adam).  A head on frozen features and bias/norm-only tuning move few
+# parameters from a good start and want LRs ~10x those of whole-network fine-tuning.
+HEAD_LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
+SMALL_SET_LR_GRID = (1e-3, 3e-3, 1e-2)
+PARTIAL_LR_GRID = (3e-4, 1e-3, 3e-3)
+FULL_LR_GRID = (1e-4, 3e-4, 1e-3)
+SCRATCH_LR_GRID = (3e-4, 1e-3, 3e-3)
 # Layer-wise LR decay per stage from the head down: the last stage trains at 0.7 x the
 # head's LR, the stem of a 9-stage EfficientNet at 0.7**9 = 0.04 x (ULMFiT uses 1/2.6
 # per layer of a 3-layer LSTM; CNN/ViT fine-tuning recipes use 0.65-0.8 per block).
@@ -71,6 +78,14 @@ def full(num_stages: int, arg: Optional[str]) -> list[Phase]:
 
 
 def two_stage(num_stages: int, arg: Optional[str]) -> list[Phase]:
+    """Head on frozen features, then everything with the backbone at LR x 0.1.
+
+    BatchNorm stays in eval mode in the fine-tune phase (Keras' transfer-learning
+    recipe): switching it to batch statistics would change the features the phase-1
+    head was trained on (measured: validation 76.8% -> 15.2% with no weight change).
+    The head keeps its LR and Adam state across the boundary (Lightning's
+    BackboneFinetuning adds the backbone as a new group the same way).
+    """
     return [
         Phase("head", epoch_fraction=0.5),
         Phase(
@@ -78,6 +93,7 @@ def two_stage(num_stages: int, arg: Optional[str]) -> list[Phase]:
             epoch_fraction=0.5,
             train_stages=_all(num_stages),
             lr_scale=TWO_STAGE_LR_SCALE,
+            bn="frozen",
         ),
     ]
 
@@ -99,7 +115,10 @@ def gradual_unfreeze(
         top = min(i * k, num_stages)
         fraction = 1.0 if i < count - 1 else float(budget - i)
         stages = list(range(num_stages - top, num_stages))
-        phases.append(Phase(f"last{top}" if top else "head", fraction, train_stages=stages))
+        # BatchNorm frozen: each newly unfrozen stage would otherwise switch to batch
+        # statistics and change what the already-trained head sees (as in two_stage)
+        name = f"last{top}" if top else "head"
+        phases.append(Phase(name, fraction, train_stages=stages, bn="frozen"))
     return phases
 
 
@@ -113,7 +132,8 @@ def is_bias(name: str, param: Optional[nn.Parameter] = None) -> bool:
 
 
 def bitfit(num_stages: int, arg: Optional[str]) -> list[Phase]:
-    return [Phase("bias", train_stages=_all(num_stages), param_filter=is_bias)]
+    # BitFit adapts biases only: running statistics stay those of pretraining
+    return [Phase("bias", train_stages=_all(num_stages), param_filter=is_bias, bn="frozen")]
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -128,7 +148,9 @@ def lora(num_stages: int, arg: Optional[str]) -> list[Phase]:
     from tlbench.lora import is_lora_param
 
     _int_arg("lora", arg, int(LORA_RANK))
-    return [Phase("lora", train_stages=_all(num_stages), param_filter=is_lora_param)]
+    return [
+        Phase("lora", train_stages=_all(num_stages), param_filter=is_lora_param, bn="frozen")
+    ]
 
 
 def prepare_lora(model, arg: Optional[str]) -> None:
@@ -139,23 +161,36 @@ def prepare_lora(model, arg: Optional[str]) -> None:
 
 STRATEGIES = (
     StrategySpec(
-        "linear_probe", "backbone frozen (BatchNorm in eval), new head trained", linear_probe
+        "linear_probe",
+        "backbone frozen (BatchNorm in eval), new head trained",
+        linear_probe,
+        lr_grid=HEAD_LR_GRID,
     ),
     StrategySpec(
-        "partial", "last k stages + head train (partial:k, default k=2)", partial, default_arg="2"
+        "partial",
+        "last k stages + head train, their BatchNorm on batch statistics "
+        "(partial:k, default k=2)",
+        partial,
+        default_arg="2",
+        lr_grid=PARTIAL_LR_GRID,
     ),
-    StrategySpec("full", "every parameter trains at the base LR", full),
+    StrategySpec(
+        "full", "every parameter trains, BatchNorm on batch statistics", full, lr_grid=FULL_LR_GRID
+    ),
     StrategySpec(
         "two_stage",
-        f"head only for half the epochs, then everything at LR x {TWO_STAGE_LR_SCALE}",
+        "head only for half the epochs, then everything with the backbone at LR x "
+        f"{TWO_STAGE_LR_SCALE}; BatchNorm frozen; the head keeps its LR and Adam state",
         two_stage,
+        lr_grid=PARTIAL_LR_GRID,
     ),
     StrategySpec(
         "gradual_unfreeze",
         "head for one epoch, then k more stages from the top "
-        f"each epoch (gradual_unfreeze:k, default k={GRADUAL_STAGES_PER_EPOCH})",
+        f"each epoch (gradual_unfreeze:k, default k={GRADUAL_STAGES_PER_EPOCH}); BatchNorm frozen",
         gradual_unfreeze,
         default_arg=GRADUAL_STAGES_PER_EPOCH,
+        lr_grid=PARTIAL_LR_GRID,
     ),
     StrategySpec(
         "discriminative_lr",
@@ -163,26 +198,35 @@ STRATEGIES = (
         f"(discriminative_lr:f, default f={DISCRIMINATIVE_DECAY})",
         discriminative_lr,
         default_arg=DISCRIMINATIVE_DECAY,
+        lr_grid=PARTIAL_LR_GRID,
     ),
-    StrategySpec("bitfit", "only bias terms (BatchNorm shifts included) + head train", bitfit),
+    StrategySpec(
+        "bitfit",
+        "only bias terms (BatchNorm shifts included) + head train; running statistics fixed",
+        bitfit,
+        lr_grid=SMALL_SET_LR_GRID,
+    ),
     StrategySpec(
         "norm_only",
         "only normalization layers' scale and shift + head train (their running stats adapt)",
         norm_only,
+        lr_grid=SMALL_SET_LR_GRID,
     ),
     StrategySpec(
         "lora",
-        "low-rank adapters on backbone conv/linear weights + head; weights "
+        "low-rank adapters on backbone conv/linear weights + head; weights and BatchNorm "
         f"frozen (lora:rank, default rank={LORA_RANK})",
         lora,
         default_arg=LORA_RANK,
         prepare=prepare_lora,
+        lr_grid=SMALL_SET_LR_GRID,
     ),
     StrategySpec(
         "scratch",
         "random init whatever --weights says, everything trains: the from-scratch reference",
         full,
         weights="random",
+        lr_grid=SCRATCH_LR_GRID,
     ),
 )
 
