@@ -107,8 +107,11 @@ def test_bn_modes_per_policy():
     from tlbench.train import set_phase_modes
 
     stages = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)) for _ in range(2)]
-    model = StagedModel([*stages[:1], nn.Sequential(*stages[1], nn.AdaptiveAvgPool2d(1),
-                                                    nn.Flatten())], 4, ["a", "b"])
+    model = StagedModel(
+        [*stages[:1], nn.Sequential(*stages[1], nn.AdaptiveAvgPool2d(1), nn.Flatten())],
+        4,
+        ["a", "b"],
+    )
     model.set_head(2)
     set_phase_modes(model, [1], "train")
     assert not model.stages[0][1].training and model.stages[1][1].training

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional, Sequence
 
 import tlbench.registry as plugin_registry
 from tlbench.cells import canonical_strategy
@@ -18,8 +19,24 @@ def run_tiny(
     epochs: int = 2,
     weights: str = "imagenet",
     seed: int = 0,
-    lr: float = 0.01,
+    lr: Optional[float] = 0.01,
 ) -> dict:
+    runner, cells = tiny_cells_runner(
+        tmp_path, strategy, extra_plugins, epochs, weights, [seed], lr
+    )
+    return runner.run_cell(cells[0])
+
+
+def tiny_cells_runner(
+    tmp_path: Path,
+    strategy: str,
+    extra_plugins=(),
+    epochs: int = 2,
+    weights: str = "imagenet",
+    seeds: Sequence[int] = (0,),
+    lr: Optional[float] = 0.01,
+) -> tuple[Runner, list[Cell]]:
+    """A runner writing to ``tmp_path`` and one tiny cell per seed."""
     pm = plugin_registry.get_plugin_manager()
     for plugin in extra_plugins:
         pm.register(plugin)
@@ -35,8 +52,6 @@ def run_tiny(
         val_size=100,
         test_size=100,
     )
-    cell = Cell(
-        "tiny", canonical_strategy(strategy, registry), "synth", seed, weights, 16, 95.0, settings
-    )
-    runner = Runner(registry, pm.hook, resolve_device("cpu"), tmp_path)
-    return runner.run_cell(cell)
+    name = canonical_strategy(strategy, registry)
+    cells = [Cell("tiny", name, "synth", seed, weights, 16, 95.0, settings) for seed in seeds]
+    return Runner(registry, pm.hook, resolve_device("cpu"), tmp_path), cells

@@ -16,7 +16,7 @@ from tlbench import registry as plugin_registry
 from tlbench.cells import Choices, expand
 from tlbench.device import resolve_device
 from tlbench.errors import Interrupted, TlbenchError, TlbenchWarning
-from tlbench.plan import Cell, make_settings, parse_seeds, parse_thresholds
+from tlbench.plan import Cell, make_settings, parse_lr, parse_seeds, parse_thresholds
 from tlbench.records import check_writable, finished_hashes, load_records, run_dir
 from tlbench.registry import KINDS, Registry
 from tlbench.runner import Runner, availability
@@ -93,7 +93,11 @@ def run(
     ),
     epochs: Optional[int] = typer.Option(None, help="Epoch budget per cell [profile]."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size [profile]."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate of the head (base LR)."),
+    lr: str = typer.Option(
+        "auto",
+        help="Adam LR of the head (base LR), or auto: each strategy's own grid, chosen on "
+        "validation by the first seed of each row.",
+    ),
     resolution: Optional[int] = typer.Option(
         None, help="Input side in px [backbone's own on CUDA, 64 on CPU]."
     ),
@@ -129,7 +133,7 @@ def run(
     hw = resolve_device(device)
     settings = make_settings(
         hw.is_cuda,
-        lr,
+        parse_lr(lr),
         evals_per_epoch,
         head_hidden,
         augment=augment,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -36,7 +37,7 @@ class Settings:
 
     epochs: int
     batch_size: int
-    lr: float
+    lr: Optional[float]  # None: --lr auto (each strategy's grid, chosen on validation)
     resolution: Optional[int]  # None: the backbone's own input size
     train_size: Optional[int]  # None: the whole train split (minus validation)
     val_size: int
@@ -63,6 +64,8 @@ class Cell:
         data = asdict(self)
         data.update(data.pop("settings"))
         data["resolution"] = self.resolution
+        if data["lr"] is None:
+            data["lr"] = "auto"
         if data["augment"] == "none":
             del data["augment"]  # config hashes of cells without augmentation stay as they were
         return data
@@ -141,8 +144,8 @@ def check_ranges(settings: Settings) -> None:
     for value, flag, low, high in checks:
         if not low <= value <= high:
             raise TlbenchError(f"{flag} {value} is out of range: accepted {low}..{high}.")
-    if not 0 < settings.lr < 10:
-        raise TlbenchError(f"--lr {settings.lr} is out of range: accepted 0 < lr < 10.")
+    if settings.lr is not None and not 0 < settings.lr < 10:
+        raise TlbenchError(f"--lr {settings.lr} is out of range: accepted auto or 0 < lr < 10.")
     if settings.augment != "none":
         import torch
 
@@ -151,9 +154,25 @@ def check_ranges(settings: Settings) -> None:
         RandomShift.parse(settings.augment, torch.device("cpu"), 0)  # raises if unknown
 
 
+def parse_lr(text: str) -> Optional[float]:
+    """``auto`` (None: per-strategy grid chosen on validation) or a fixed positive LR."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 10:
+        raise TlbenchError(
+            f"--lr {text!r} is invalid: give auto (chosen on validation per strategy) "
+            "or a learning rate with 0 < lr < 10, e.g. 1e-3."
+        )
+    return value
+
+
 def make_settings(
     is_cuda: bool,
-    lr: float,
+    lr: Optional[float],
     evals_per_epoch: int,
     head_hidden: int = 0,
     augment: str = "none",

@@ -32,6 +32,7 @@ from tlbench.weights import WeightsChoice
 if TYPE_CHECKING:  # pragma: no cover
     from tlbench.runner import Runner
 
+PRETRAIN_LR = 1e-3  # under --lr auto: Adam at the usual whole-network LR, not searched
 PRETRAIN_SEED = 0  # one source checkpoint serves every target seed (documented in README)
 CACHE_FORMAT = 1  # bump when the checkpoint layout or the source recipe changes
 
@@ -167,7 +168,7 @@ def _config(runner: Runner, cell: Cell, dataset) -> TrainConfig:
     return TrainConfig(
         epochs=s.epochs,
         batch_size=s.batch_size,
-        lr=s.lr,
+        lr=s.lr if s.lr is not None else PRETRAIN_LR,  # --lr auto: full's usual Adam LR
         evals_per_epoch=s.evals_per_epoch,
         threshold=dataset.default_threshold,
         seed=PRETRAIN_SEED,

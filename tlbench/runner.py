@@ -9,6 +9,7 @@ import gc
 import platform
 import signal
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from tlbench import __version__
+from tlbench import __version__, lr_search
 from tlbench.adapt import BatchAdapter, RandomShift
 from tlbench.data.loaded import Splits
 from tlbench.data.splits import make_splits
@@ -74,6 +75,7 @@ class Runner:
         self._splits: dict[tuple, tuple[Splits, str]] = {}
         self._models: dict[tuple, StagedModel] = {}
         self._in_flight: Optional[Cell] = None  # started, record not yet stored
+        self._lr_choices: dict[str, lr_search.SearchResult] = {}  # row key -> --lr auto search
 
     def prepare_data(self, cells: list[Cell]) -> None:
         """Load and split every dataset up front: bad data or sizes fail before training."""
@@ -118,7 +120,9 @@ class Runner:
     def run(self, cells: list[Cell], force: bool = False) -> Outcome:
         """Run ``cells`` in order; SIGINT/SIGTERM raise :class:`Interrupted` between steps."""
         outcome = Outcome()
-        done = set() if force else finished_hashes(load_records(self.directory))
+        records = [] if force else load_records(self.directory)
+        done = finished_hashes(records)
+        self._lr_choices.update(lr_search.searches_in(records))
         guard = SignalGuard()
         try:
             with guard.active():
@@ -205,8 +209,50 @@ class Runner:
             torch.cuda.empty_cache()
 
     def _train(self, cell: Cell, batch_size: int) -> dict:
-        started = dt.datetime.now(dt.timezone.utc)
+        """Train the cell at its LR (``--lr auto``: the row's choice on validation, searched
+        here if this is the row's first cell), then its one test pass."""
         splits, source = self.splits_for(cell)
+        search, trainer, own = None, None, 0.0
+        if cell.settings.lr is None:
+            search, trainer, own = self._auto_lr(cell, batch_size)
+        lr = cell.settings.lr if search is None else search.chosen
+        if trainer is None:
+            t0 = time.perf_counter()
+            trainer = self._trained(cell, batch_size, lr)
+            own = time.perf_counter() - t0
+        tuning = search.seconds - own if search is not None and search.seed == cell.seed else 0
+        t0 = time.perf_counter()
+        metrics = trainer.finish()
+        model = trainer.model
+        return {
+            **metrics,
+            "wall_seconds": round(own + time.perf_counter() - t0, 3),
+            "lr_chosen": lr,
+            "lr_search": search.to_record() if search is not None else None,
+            "tuning_seconds": round(tuning, 3),
+            "data_source": source,
+            "split_sizes": splits.sizes(),
+            "weights_source": model.weights_source,
+            **getattr(model, "pretrain_info", {}),  # --weights pretrain:<dataset>
+        }
+
+    def _auto_lr(self, cell: Cell, batch_size: int):
+        """The row's LR search, and when this cell ran it, its trained winner and the
+        winner's own seconds (``(search, None, 0.0)`` when an earlier cell chose)."""
+        key = lr_search.row_key(cell.config())
+        if key in self._lr_choices:
+            return self._lr_choices[key], None, 0.0
+        grid = self._strategy(cell).lr_grid
+        trainer, search = lr_search.search(
+            grid, cell.seed, lambda lr: self._trained(cell, batch_size, lr), Diverged
+        )
+        self._lr_choices[key] = search
+        own = next(c.seconds for c in search.candidates if c.lr == search.chosen)
+        return search, trainer, own
+
+    def _trained(self, cell: Cell, batch_size: int, lr: float) -> CellTrainer:
+        """A fresh model for the cell, trained at ``lr`` (validation only, no test)."""
+        splits, _ = self.splits_for(cell)
         model, strategy_arg, strategy = self._model_for(cell)
         phases = strategy.phases(len(model.stages), strategy_arg, cell.settings.epochs)
         backbone = self.registry.get("backbones", cell.backbone)
@@ -215,7 +261,7 @@ class Runner:
         config = TrainConfig(
             epochs=cell.settings.epochs,
             batch_size=batch_size,
-            lr=cell.settings.lr,
+            lr=lr,
             evals_per_epoch=cell.settings.evals_per_epoch,
             threshold=cell.threshold,
             seed=cell.seed,
@@ -236,16 +282,11 @@ class Runner:
             on_epoch=lambda e, a: self.hooks.epoch_end(cell=cell, epoch=e, val_accuracy=a / 100),
             tuner=self.tuner,
         )
-        metrics = trainer.run()
-        wall = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
-        return {
-            **metrics,
-            "wall_seconds": round(wall, 3),
-            "data_source": source,
-            "split_sizes": splits.sizes(),
-            "weights_source": model.weights_source,
-            **getattr(model, "pretrain_info", {}),  # --weights pretrain:<dataset>
-        }
+        trainer.train()
+        return trainer
+
+    def _strategy(self, cell: Cell):
+        return self.registry.get("strategies", cell.strategy.partition(":")[0])
 
     # ---- shared, cached inputs --------------------------------------------------------
     def _dataset(self, cell: Cell):

@@ -140,7 +140,17 @@ class CellTrainer:
 
     # ---- main loop ------------------------------------------------------------------
     def run(self) -> dict:
-        snapshot = FreezeSnapshot(self.model)
+        """Train, then evaluate on test: the metric dict of the cell."""
+        self.train()
+        return self.finish()
+
+    def train(self) -> float:
+        """Every phase and validation point; returns the final validation accuracy.
+
+        Test is not touched: an LR search (tlbench.lr_search) trains candidates with this
+        and calls :meth:`finish` only for the one it keeps.
+        """
+        self.snapshot = FreezeSnapshot(self.model)
         if self.config.compile:
             compile_stages(self.model)
         starts, evals = self.phase_boundaries(), self.eval_steps()
@@ -173,7 +183,12 @@ class CellTrainer:
                 self._evaluate_point(state, step + 1)
             self.on_step(step + 1, self.total_steps)
         self._close_segment(segment)
-        return self._finish(snapshot, state)
+        self.last_state = state
+        return self.curve[-1][1]
+
+    def finish(self) -> dict:
+        """Freeze check and the test pass of the trained model (once per cell)."""
+        return self._finish(self.snapshot, self.last_state)
 
     def _close_segment(self, segment):
         if segment is not None:
