@@ -102,7 +102,7 @@ def test_unknown_names_and_malformed_lists(tiny_plugin, recorded, flag, value, f
         ("--resolution", "99999", "--resolution 99999 is out of range: accepted 16..1024"),
         ("--train-size", "3", "--train-size 3 is out of range: accepted 10..10000000"),
         ("--evals-per-epoch", "0", "--evals-per-epoch 0 is out of range: accepted 1..100"),
-        ("--lr", "0", "--lr 0.0 is out of range: accepted 0 < lr < 10"),
+        ("--lr", "0", "--lr '0' is invalid: give auto (chosen on validation per strategy)"),
         ("--threshold", "101", "--threshold '101' is invalid: give a percentage in (0, 100]"),
         ("--threshold", "0", "--threshold '0' is invalid"),
         ("--threshold", "ninety", "--threshold 'ninety' is invalid"),

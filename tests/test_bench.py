@@ -139,14 +139,14 @@ def test_bench_table_saved_file_and_performance_section(tiny_plugin, monkeypatch
 def test_cuda_out_of_memory_halves_the_batch_and_records_it(tiny_plugin, monkeypatch):
     import tlbench.runner as runner_module
 
-    real_run = runner_module.CellTrainer.run
+    real_train = runner_module.CellTrainer.train
 
-    def run_or_oom(self):
+    def train_or_oom(self):
         if self.config.batch_size > 16:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_run(self)
+        return real_train(self)
 
-    monkeypatch.setattr(runner_module.CellTrainer, "run", run_or_oom)
+    monkeypatch.setattr(runner_module.CellTrainer, "train", train_or_oom)
     pm = plugin_registry.get_plugin_manager()
     runner = Runner(plugin_registry.collect(pm), pm.hook, resolve_device("cpu"), None)
     settings = make_settings(

@@ -107,7 +107,7 @@ def test_nan_loss_stops_the_cell_early_as_diverged(faults, tmp_path):
 
 def test_lr_that_would_diverge_is_rejected_up_front(tiny_plugin, tmp_path):
     result = run_main(TINY_RUN + ["--lr", "1e30"] + output_args(tmp_path))
-    assert result.code == 2 and "--lr 1e+30 is out of range" in result.err
+    assert result.code == 2 and "--lr '1e30' is invalid" in result.err
 
 
 # ---------------------------------------------------------------- CUDA out of memory

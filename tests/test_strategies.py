@@ -46,11 +46,11 @@ def stage_params(*stages: int) -> int:
 def watched(monkeypatch):
     """Parameter values before/after training and each phase's optimizer LRs."""
     seen: dict = {"lrs": []}
-    run, enter = CellTrainer.run, CellTrainer._enter_phase
+    train, enter = CellTrainer.train, CellTrainer._enter_phase
 
-    def watching_run(self):
+    def watching_train(self):
         seen["before"] = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-        result = run(self)
+        result = train(self)
         seen["after"] = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         seen["bn_training"] = [
             m.training for m in self.model.modules() if isinstance(m, nn.BatchNorm2d)
@@ -62,7 +62,7 @@ def watched(monkeypatch):
         seen["lrs"].append([g["lr"] for g in state.optimizer.param_groups])
         return state
 
-    monkeypatch.setattr(CellTrainer, "run", watching_run)
+    monkeypatch.setattr(CellTrainer, "train", watching_train)
     monkeypatch.setattr(CellTrainer, "_enter_phase", watching_enter)
     return seen
 

@@ -9,6 +9,7 @@ every epoch, strategy and seed that shares it.  A memory budget decides where it
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 from typing import Callable, Hashable, Optional, Union
 
@@ -41,6 +42,10 @@ class FeatureCache:
         self.entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        # seconds each entry took to compute: every cell that uses it is charged this
+        # (as if it had computed it), so a shared fill is never billed to the first cell
+        self.fill_seconds: dict[Hashable, float] = {}
+        self.paid_seconds = 0.0  # fills actually computed, summed (a one-time cost)
 
     def used(self, where: str) -> int:
         kind = "cpu" if where == "host" else self.device.type
@@ -75,7 +80,11 @@ class FeatureCache:
             return None, "none"
         self._evict(where, nbytes)
         target = self.device if where == "device" else torch.device("cpu")
+        started = time.perf_counter()
         tensor = compute(target)
+        synchronize(self.device)
+        self.fill_seconds[key] = time.perf_counter() - started
+        self.paid_seconds += self.fill_seconds[key]
         if where == "host" and self.device.type == "cuda":
             tensor = tensor.pin_memory()  # batches gathered from it copy asynchronously
         self.entries[key] = tensor

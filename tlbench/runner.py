@@ -212,6 +212,9 @@ class Runner:
         """Train the cell at its LR (``--lr auto``: the row's choice on validation, searched
         here if this is the row's first cell), then its one test pass."""
         splits, source = self.splits_for(cell)
+        t0 = time.perf_counter()
+        self._backbone(cell)  # built once per weights; pretrain:<dataset> trains it here
+        build = time.perf_counter() - t0
         search, trainer, own = None, None, 0.0
         if cell.settings.lr is None:
             search, trainer, own = self._auto_lr(cell, batch_size)
@@ -223,6 +226,7 @@ class Runner:
         tuning = search.seconds - own if search is not None and search.seed == cell.seed else 0
         t0 = time.perf_counter()
         metrics = trainer.finish()
+        metrics["one_time_seconds"]["backbone_build"] = round(build, 3)
         model = trainer.model
         return {
             **metrics,
