@@ -104,7 +104,7 @@ def encode_correct(correct: torch.Tensor) -> str:
     return base64.b64encode(bits.tobytes()).decode("ascii")
 
 
-def decode_correct(text: str, count: int) -> "np.ndarray":  # noqa: F821
+def decode_correct(text: str, count: int) -> np.ndarray:  # noqa: F821
     """Inverse of :func:`encode_correct`: a bool array of ``count`` images."""
     import base64
 
