@@ -174,7 +174,8 @@ def check_same_settings(directory: Path, records: Iterable[Record], cells: list[
         raise TlbenchError(
             f"{directory / RECORDS_FILE} already holds records made with other settings "
             f"({'; '.join(differing)}); one run directory holds one configuration, so "
-            "nothing was run or changed: give this run its own --run-name (or --output)."
+            "nothing was run or changed: give this run its own --run-name (or --output), "
+            "or move the old records away."
         )
 
 
