@@ -237,3 +237,14 @@ def test_row_accuracy_interval_and_bn_lr_columns():
     assert "| BN " in table.splitlines()[0] and "| LR " in table.splitlines()[0]
     bare = dataset_table(group_rows([_record("full", 0, _hits(900))]), "95")
     assert bare.splitlines()[2].count("| –") >= 2  # no bn_policy / lr_chosen: "–"
+
+
+def test_rows_of_the_same_names_are_told_apart_in_pictures():
+    from tlbench import plots
+
+    records = [_record("full", s, _hits(900), lr=1e-3) for s in (0, 1)]
+    records += [_record("full", s, _hits(800), lr=1e-2) for s in (0, 1)]
+    rows = group_rows(records)
+    assert [r.variant for r in rows] == ["lr=0.001", "lr=0.01"]
+    picture = plots.Picture("d", "tradeoff", "", "", tuple(rows))
+    assert [picture.label(r) for r in rows] == ["full (lr=0.001)", "full (lr=0.01)"]

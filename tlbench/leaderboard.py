@@ -21,6 +21,7 @@ from tlbench.stats import (
     RowGroup,
     Summary,
     bootstrap_summary,
+    flatten,
     format_censored,
     format_ci,
     format_mean_std,
@@ -179,7 +180,7 @@ _NOT_SETTINGS = ("backbone", "strategy", "dataset", "weights", "seed")
 
 def differing_settings(rows: list[RowGroup]) -> list[str]:
     """The (flattened) config keys whose values differ between rows of one table."""
-    flat = [(row, _flatten(row.config)) for row in rows]
+    flat = [(row, flatten(row.config)) for row in rows]
     keys = sorted({k for _, config in flat for k in config} - set(_NOT_SETTINGS))
     shown = []
     for key in keys:
@@ -196,22 +197,12 @@ def differing_settings(rows: list[RowGroup]) -> list[str]:
     return shown
 
 
-def _flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def table_row(row: RowGroup, threshold: str, shown: Optional[list[str]] = None) -> dict:
     ok = row.ok
     statuses = sorted({r["status"] for r in row.records} - {"ok"})
     accuracy = row.accuracy()
     epochs = _epochs(ok)
-    config = _flatten(row.config)
+    config = flatten(row.config)
     return {
         "backbone": row.backbone,
         "strategy": row.strategy,
@@ -246,7 +237,7 @@ def paired_table(rows: list[RowGroup]) -> Optional[str]:
         diff = paired_summary(row, base)
         if diff is None:
             continue
-        config = _flatten(row.config)
+        config = flatten(row.config)
         lines.append(
             {
                 "backbone": row.backbone,

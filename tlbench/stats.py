@@ -273,6 +273,7 @@ class RowGroup:
     records: list  # every status, in record order
     key: str = ""  # records.row_hash of the config ("" for records without one)
     config: dict = field(default_factory=dict)  # the config minus the seed
+    variant: str = ""  # what tells it from rows of the same names ("lr=0.01"), else ""
 
     @property
     def ok(self) -> list:
@@ -328,4 +329,33 @@ def group_rows(records: Sequence[Mapping]) -> list[RowGroup]:
             rest = {k: v for k, v in (config or {}).items() if k != "seed"}
             groups[key] = RowGroup(*names, records=[], key=row, config=rest)
         groups[key].records.append(record)
-    return list(groups.values())
+    rows = list(groups.values())
+    _name_variants(rows)
+    return rows
+
+
+def _name_variants(rows: list[RowGroup]) -> None:
+    """Rows that share dataset, backbone, strategy and weights get a ``variant``: the
+    config keys (flattened) in which they differ, with their values."""
+    by_names: dict[tuple, list[RowGroup]] = {}
+    for row in rows:
+        by_names.setdefault((row.dataset, row.backbone, row.strategy, row.weights), []).append(row)
+    for same in by_names.values():
+        if len(same) < 2:
+            continue
+        flat = [flatten(row.config) for row in same]
+        keys = sorted({k for config in flat for k in config})
+        differing = [k for k in keys if len({repr(c.get(k)) for c in flat}) > 1]
+        for row, config in zip(same, flat, strict=True):
+            row.variant = ", ".join(f"{k}={config.get(k)}" for k in differing)
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict:
+    """``{"plugins": {"backbone": x}}`` -> ``{"plugins.backbone": x}``."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
