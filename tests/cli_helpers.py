@@ -43,6 +43,8 @@ TINY_RUN = [
     "t",
     "--device",
     "cpu",
+    "--seeds",
+    "1",
 ]
 """A fast run of the tiny test backbone on the synthetic IDX set (about a second a cell)."""
 

@@ -163,6 +163,7 @@ def test_run_augment_turns_the_cache_off_in_the_record(tiny_plugin, tmp_path):
         "run", "--backbones", "tiny", "--datasets", "synth", "--strategies", "linear_probe",
         "--epochs", "1", "--resolution", "16", "--train-size", "100", "--val-size", "50",
         "--test-size", "50", "--no-reference", "--run-name", "t", "--augment", "shift:2",
+        "--seeds", "1",
         "--output", str(tmp_path / "results"), "--benchmarks", str(tmp_path / "B.md"),
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)

@@ -34,6 +34,8 @@ RUN = [
     "0.01",
     "--run-name",
     "t",
+    "--seeds",
+    "1",
 ]
 FOUR = "linear_probe,partial,full,two_stage"  # the foundation's strategies (+ scratch row)
 
@@ -178,6 +180,8 @@ def test_dry_run_lists_full_cross_product():
             "--datasets",
             "mnist,fashion",
             "--no-reference",
+            "--seeds",
+            "1",
             "--dry-run",
         ],
         capture_output=True,

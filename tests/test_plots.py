@@ -78,12 +78,14 @@ def test_tables_show_mean_std_ci_and_censoring(results):
     text = leaderboard.build(output, board)
     full = table_line(text, "full")
     # 97, 98: mean 97.5, std 0.707107, half width 12.706205 * 0.707107 / sqrt(2) = 6.353102
-    assert full[5:7] == ["97.50 ± 0.71", "[91.15, 103.85]"]
-    assert full[3:5] == ["1.25 ± 0.35", "[-1.93, 4.43]"]  # 1.0, 1.5: half 3.176551
+    # no test_correct in these records: the t interval, marked (t)
+    assert full[7:9] == ["97.50 ± 0.71", "[91.15, 103.85] (t)"]
+    assert full[5:7] == ["1.25 ± 0.35", "[-1.93, 4.43]"]  # 1.0, 1.5: half 3.176551
+    assert full[3:5] == ["–", "–"]  # no bn_policy, no lr_chosen
     probe = table_line(text, "linear_probe")
-    assert probe[3:5] == ["median > 2.75 (1/2 not reached in 3)", "–"]  # (2.5 + >3) / 2
+    assert probe[5:7] == ["median > 2.75 (1/2 not reached in 3)", "–"]  # (2.5 + >3) / 2
     scratch = table_line(text, "scratch")
-    assert scratch[2:5] == ["random", "not reached in 3 (2/2)", "–"]
+    assert scratch[2] == "random" and scratch[5:7] == ["not reached in 3 (2/2)", "–"]
 
 
 def test_paired_comparison_with_full(results):
@@ -94,13 +96,14 @@ def test_paired_comparison_with_full(results):
     assert probe[3:8] == [
         "full [imagenet]",
         "-1.75 ± 0.35",
-        "[-4.93, +1.43]",
+        "[-4.93, +1.43] (t)",
         "2",
-        "no clear difference (CI spans 0)",
+        "not enough evidence (2 seeds)",
     ]
     scratch = table_line(text, "scratch", section=1)  # random weights vs full [imagenet]
     assert scratch[3:5] == ["full [imagenet]", "-7.00 ± 0.00"]
-    assert scratch[7] == "worse than full"  # zero spread: CI [-7, -7] excludes 0
+    # zero spread over 2 seeds: the CI [-7, -7] is no evidence, and 2 seeds give no verdict
+    assert scratch[7] == "not enough evidence (2 seeds)"
 
 
 def test_pictures_are_written_linked_and_checked(results):

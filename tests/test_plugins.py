@@ -265,6 +265,7 @@ def test_extras_package_installs_lists_runs_and_uninstalls(layered_venv, tmp_pat
     run = ["run", "--backbones", "efficientnet_lite0", "--datasets", "digits"]
     run += ["--strategies", "head_then_last", "--resolution", "32", "--epochs", "1"]
     run += ["--train-size", "100", "--val-size", "50", "--test-size", "100", "--no-reference"]
+    run += ["--seeds", "1"]
     run += ["--device", "cpu", "--output", str(output), "--run-name", "extras"]
     run += ["--benchmarks", str(tmp_path / "B.md")]
     session = python("-c", SESSION, json.dumps(LIST + [run]), str(source / "tests"))

@@ -123,3 +123,128 @@ def test_confidence_and_ece_by_hand():
     assert shared["ece"] == pytest.approx(0.455, abs=1e-6)
     perfect = confidence_stats(torch.tensor([1.0, 1.0]), torch.tensor([True, True]))
     assert perfect == {"confidence_correct": 1.0, "confidence_wrong": None, "ece": 0.0}
+
+
+# ---------------------------------------------------------------- one row per config, bootstrap
+
+
+def _record(strategy, seed, correct, lr=0.001, **extra):
+    """An ok record whose test_correct holds ``correct`` (bools, the test split's order)."""
+    from tlbench.metrics import encode_correct
+
+    correct = torch.as_tensor(correct, dtype=torch.bool)
+    config = {"dataset": "d", "backbone": "b", "strategy": strategy, "weights": "imagenet",
+              "seed": seed, "lr": lr, "epochs": 2, "data": "sha256:0"}  # fmt: skip
+    return {
+        "dataset": "d", "backbone": "b", "strategy": strategy, "weights": "imagenet",
+        "seed": seed, "status": "ok", "config": config, "config_hash": f"{strategy}{seed}{lr}",
+        "final_accuracy": 100 * float(correct.double().mean()), "test_correct":
+        encode_correct(correct), "split_sizes": {"train": 10, "val": 10, "test": len(correct)},
+        "epochs_to_threshold": None, "epoch_budget": 2, "trainable_params": 1,
+        **extra,
+    }  # fmt: skip
+
+
+def _hits(count, total=1000, offset=0):
+    """``count`` correct images out of ``total``, starting at ``offset`` (wrapping)."""
+    flags = torch.zeros(total, dtype=torch.bool)
+    flags[(torch.arange(count) + offset) % total] = True
+    return flags
+
+
+def test_rows_never_pool_different_configs():
+    from tlbench.leaderboard import dataset_table
+
+    records = [_record("full", s, _hits(900), lr=1e-3) for s in (0, 1)]
+    records += [_record("full", s, _hits(800), lr=1e-2) for s in (0, 1)]  # only lr differs
+    rows = group_rows(records)
+    assert len(rows) == 2 and [len(r.records) for r in rows] == [2, 2]
+    assert rows[0].config["lr"] == 1e-3 and "seed" not in rows[0].config
+    table = dataset_table(rows, "95")
+    assert "| settings" in table and "lr=0.001" in table and "lr=0.01" in table
+    same = group_rows([_record("full", s, _hits(900)) for s in (0, 1)])
+    assert len(same) == 1 and "settings" not in dataset_table(same, "95")
+
+
+def test_bootstrap_interval_is_reproducible_and_binomial_with_one_seed():
+    from tlbench.stats import bootstrap_interval
+
+    one = _hits(900).double().numpy()[None, :]
+    low, high = bootstrap_interval(one)
+    assert (low, high) == bootstrap_interval(one)  # fixed RNG seed
+    # binomial: 1.96 * sqrt(0.9 * 0.1 / 1000) = 1.86 pp either side of 90%
+    assert low == pytest.approx(90 - 1.86, abs=0.3) and high == pytest.approx(90 + 1.86, abs=0.3)
+
+
+def test_verdict_needs_three_paired_seeds():
+    from tlbench.leaderboard import paired_table
+
+    def run(seeds):
+        records = [_record("full", s, _hits(950, offset=s)) for s in seeds]
+        records += [_record("bitfit", s, _hits(650, offset=s)) for s in seeds]
+        return paired_table(group_rows(records))
+
+    two = run((0, 1))
+    assert "not enough evidence (2 seeds)" in two and "worse than" not in two
+    three = run((0, 1, 2))
+    assert "worse than full" in three and "| 3 " in three
+
+
+def test_equal_per_seed_differences_still_have_a_ci_of_positive_width():
+    from tlbench.stats import bootstrap_summary, verdict
+
+    # -1.0 pp on every seed (the rounding-free analogue of bitfit's "-31.70 ± 0.00"): full
+    # alone is right on 60 images, the other alone on 50; the same for each seed
+    full = {s: _hits(900).numpy() for s in range(3)}
+    other = {s: _hits(890, offset=60).numpy() for s in range(3)}
+    diff = bootstrap_summary(other, full)
+    assert diff.n == 3 and diff.mean == pytest.approx(-1.0) and diff.std == 0.0
+    assert diff.low < diff.mean < diff.high and diff.high - diff.low > 2.0  # test-set error
+    assert diff.method == "bootstrap" and verdict(diff) == "no clear difference (CI spans 0)"
+    # 10 discordant images, all against the other: the interval excludes 0
+    one_sided = bootstrap_summary({s: _hits(890).numpy() for s in range(3)}, full)
+    assert one_sided.high < 0 and verdict(one_sided) == "worse than full"
+
+
+def test_records_without_per_image_correctness_fall_back_to_t_and_never_judge_two_seeds():
+    from tlbench.leaderboard import paired_table
+    from tlbench.stats import verdict
+
+    records = [_record("full", s, _hits(950)) for s in (0, 1)]
+    records += [_record("bitfit", s, _hits(650)) for s in (0, 1)]
+    for record in records:
+        del record["test_correct"]
+    text = paired_table(group_rows(records))
+    assert "not enough evidence (2 seeds)" in text and "worse" not in text
+    flat = paired_difference({0: 60.0, 1: 60.0, 2: 60.0}, {0: 90.0, 1: 90.0, 2: 90.0})
+    assert flat.low == flat.high  # equal differences, no per-image data: no real interval
+    assert verdict(flat).startswith("not enough evidence")
+
+
+def test_row_accuracy_interval_and_bn_lr_columns():
+    from tlbench.leaderboard import dataset_table
+
+    records = [
+        _record("two_stage", s, _hits(900 + s), bn_policy="frozen,train", lr_chosen=lr)
+        for s, lr in ((0, 0.003), (1, 0.001), (2, 0.003))
+    ]
+    (row,) = group_rows(records)
+    accuracy = row.accuracy()
+    assert accuracy.method == "bootstrap" and accuracy.mean == pytest.approx(90.1)
+    assert accuracy.low < 89.0 and accuracy.high > 91.0  # covers test sampling error
+    table = dataset_table([row], "95")
+    assert "frozen,train" in table and "0.001–0.003" in table
+    assert "| BN " in table.splitlines()[0] and "| LR " in table.splitlines()[0]
+    bare = dataset_table(group_rows([_record("full", 0, _hits(900))]), "95")
+    assert bare.splitlines()[2].count("| –") >= 2  # no bn_policy / lr_chosen: "–"
+
+
+def test_rows_of_the_same_names_are_told_apart_in_pictures():
+    from tlbench import plots
+
+    records = [_record("full", s, _hits(900), lr=1e-3) for s in (0, 1)]
+    records += [_record("full", s, _hits(800), lr=1e-2) for s in (0, 1)]
+    rows = group_rows(records)
+    assert [r.variant for r in rows] == ["lr=0.001", "lr=0.01"]
+    picture = plots.Picture("d", "tradeoff", "", "", tuple(rows))
+    assert [picture.label(r) for r in rows] == ["full (lr=0.001)", "full (lr=0.01)"]

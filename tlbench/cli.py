@@ -16,7 +16,15 @@ from tlbench import registry as plugin_registry
 from tlbench.cells import Choices, expand
 from tlbench.device import resolve_device
 from tlbench.errors import Interrupted, TlbenchError, TlbenchWarning
-from tlbench.plan import Cell, make_settings, parse_lr, parse_seeds, parse_thresholds
+from tlbench.plan import (
+    DEFAULT_SEEDS,
+    Cell,
+    make_settings,
+    parse_lr,
+    parse_seeds,
+    parse_thresholds,
+)
+from tlbench.provenance import check_same_settings
 from tlbench.records import check_writable, finished_hashes, load_records, run_dir
 from tlbench.registry import KINDS, Registry
 from tlbench.runner import Runner, availability
@@ -106,8 +114,11 @@ def run(
     ),
     val_size: Optional[int] = typer.Option(None, help="Validation images held out of train."),
     test_size: Optional[int] = typer.Option(None, help="Stratified test subsample."),
-    seeds: str = typer.Option("1", help="Seed count (3 -> 0,1,2) or list (0,5,7)."),
-    threshold: str = typer.Option("95", help="Percent; per dataset like 95,fashion=90."),
+    seeds: str = typer.Option(str(DEFAULT_SEEDS), help="Seed count (3 -> 0,1,2) or list (0,5,7)."),
+    threshold: Optional[str] = typer.Option(
+        None,
+        help="Percent; per dataset like 95,fashion=90 [each dataset's own: mnist 95, fashion 90].",
+    ),
     evals_per_epoch: int = typer.Option(4, help="Validation evaluations per epoch."),
     head_hidden: int = typer.Option(0, help="Hidden units of an MLP head (0: Linear)."),
     reference: bool = typer.Option(True, help="Add the from-scratch row (strategy scratch)."),
@@ -158,17 +169,28 @@ def run(
         names["datasets"],
         parse_seeds(seeds),
         _weights_label(weights),
-        parse_thresholds(threshold, names["datasets"]),
+        parse_thresholds(
+            threshold,
+            names["datasets"],
+            {d: registry.get("datasets", d).default_threshold for d in names["datasets"]},
+        ),
         reference,
     )
     cells = expand(choices, settings, registry)
     directory = run_dir(output, run_name or _default_run_name(hw.slug, settings))
     blocked = {c: r for c in cells if (r := availability(registry, data_dir)(c))}
+    runner = Runner(registry, pm.hook, hw, directory, data_dir)
+    # the data fingerprint completes each cell's config_hash (tlbench.provenance)
+    cells = runner.finalize(cells)
     if dry_run:
         console.print(plan_table(cells, registry, blocked, directory, data_dir))
+        try:
+            check_same_settings(directory, load_records(directory), cells)
+        except TlbenchError as exc:  # a dry run says so and plans nothing else
+            console.print(f"[bold yellow]this run would stop:[/] {exc}", highlight=False)
         return
+    check_same_settings(directory, load_records(directory), [c for c in cells if c not in blocked])
     check_writable(directory)
-    runner = Runner(registry, pm.hook, hw, directory, data_dir)
     runner.compile_model = compile_model
     runner.prepare_data([c for c in cells if c not in blocked])
     runner.prepare_models([c for c in cells if c not in blocked])

@@ -12,11 +12,11 @@ nearly free for heads on frozen features.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
+
+from tlbench.records import row_hash
 
 SELECTED_ON = "final validation accuracy (ties: best validation accuracy, then smaller LR)"
 
@@ -58,12 +58,6 @@ class SearchResult:
     def from_record(cls, data: dict) -> SearchResult:
         candidates = [Candidate(**c) for c in data.get("candidates", [])]
         return cls(list(data["grid"]), candidates, int(data["seed"]), data.get("chosen"))
-
-
-def row_key(config: dict) -> str:
-    """One configuration, seeds aside: cells that share an LR choice."""
-    rest = {k: v for k, v in config.items() if k != "seed"}
-    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def search(
@@ -112,7 +106,7 @@ def searches_in(records: list[dict]) -> dict[str, SearchResult]:
             continue
         if data.get("seed") == record.get("seed") and isinstance(record.get("config"), dict):
             try:
-                found[row_key(record["config"])] = SearchResult.from_record(data)
+                found[row_hash(record["config"])] = SearchResult.from_record(data)
             except (KeyError, TypeError, ValueError):
                 continue  # a malformed search is searched again, never trusted
     return found

@@ -8,7 +8,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from tlbench import __version__
 from tlbench.errors import TlbenchError
+from tlbench.records import SCHEMA_VERSION
+from tlbench.records import row_hash as _row_hash
 
 # Settings of the CPU profile: sized so the embedded default finishes in minutes on
 # 2 cores (see README "The embedded default"); CUDA runs the full protocol.
@@ -28,7 +31,8 @@ CUDA_PROFILE = {
     "epochs": 5,
     "batch_size": 256,
 }
-DEFAULT_THRESHOLD = 95.0
+DEFAULT_THRESHOLD = 95.0  # for datasets whose spec declares none (DatasetSpec's default)
+DEFAULT_SEEDS = 3  # both profiles: a verdict needs >= 3 paired seeds (README "Statistics")
 
 
 @dataclass(frozen=True)
@@ -59,21 +63,34 @@ class Cell:
     resolution: int
     threshold: float
     settings: Settings = field(compare=False)
+    # What the numbers depend on beyond the settings, known once the data is loaded
+    # (Runner.finalize, tlbench.provenance): data fingerprint, weights identity, plugin
+    # distributions and versions.  Part of config() and so of config_hash.
+    provenance: Optional[dict] = field(default=None, compare=False)
 
     def config(self) -> dict:
         data = asdict(self)
+        provenance = data.pop("provenance") or {}
         data.update(data.pop("settings"))
         data["resolution"] = self.resolution
         if data["lr"] is None:
             data["lr"] = "auto"
         if data["augment"] == "none":
             del data["augment"]  # config hashes of cells without augmentation stay as they were
+        data["schema"] = SCHEMA_VERSION
+        data["tlbench"] = __version__
+        data.update(provenance)
         return data
 
     @property
     def config_hash(self) -> str:
         blob = json.dumps(self.config(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def row_hash(self) -> str:
+        """The leaderboard row: the config hash without the seed."""
+        return _row_hash(self.config())
 
     def label(self) -> str:
         w = "" if self.weights == "imagenet" else f" [{self.weights}]"
@@ -98,11 +115,17 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(parts))
 
 
-def parse_thresholds(text: str, datasets: list[str]) -> dict[str, float]:
-    """``"95"``, ``"fashion=90"`` or ``"97,fashion=90"`` -> threshold (percent) per dataset."""
-    default = DEFAULT_THRESHOLD
+def parse_thresholds(
+    text: Optional[str], datasets: list[str], defaults: Optional[dict[str, float]] = None
+) -> dict[str, float]:
+    """``"95"``, ``"fashion=90"`` or ``"97,fashion=90"`` -> threshold (percent) per dataset.
+
+    A dataset the text does not set gets its own default (``defaults``: each dataset
+    spec's ``default_threshold``), else DEFAULT_THRESHOLD; a bare number sets every dataset.
+    """
+    default: Optional[float] = None
     overrides: dict[str, float] = {}
-    for part in [p.strip() for p in str(text).split(",") if p.strip()]:
+    for part in [p.strip() for p in str(text or "").split(",") if p.strip()]:
         name, _, value = part.rpartition("=")
         number = _percent(value, part)
         if name:
@@ -114,7 +137,9 @@ def parse_thresholds(text: str, datasets: list[str]) -> dict[str, float]:
             overrides[name] = number
         else:
             default = number
-    return {d: overrides.get(d, default) for d in datasets}
+    own = defaults or {}
+    fallback = {d: own.get(d, DEFAULT_THRESHOLD) if default is None else default for d in datasets}
+    return {d: overrides.get(d, fallback[d]) for d in datasets}
 
 
 def _percent(value: str, part: str) -> float:

@@ -44,8 +44,10 @@ class Picture:
     usual: str = "imagenet"  # the run's most common weights: other weights get labelled
 
     def label(self, row: RowGroup) -> str:
-        """Strategy, plus the weights when they are not the run's usual (scratch: random)."""
-        return row.strategy if row.weights == self.usual else f"{row.strategy} [{row.weights}]"
+        """Strategy, plus the weights when they are not the run's usual (scratch: random),
+        plus the settings that tell apart rows of the same names (``row.variant``)."""
+        text = row.strategy if row.weights == self.usual else f"{row.strategy} [{row.weights}]"
+        return f"{text} ({row.variant})" if row.variant else text
 
 
 def pictures(records: Sequence[dict]) -> list[Picture]:

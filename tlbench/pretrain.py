@@ -57,7 +57,7 @@ def source_cell(cell: Cell) -> Cell:
 def cache_key(cell: Cell) -> dict:
     """Everything that shapes the source checkpoint (threshold does not)."""
     source = source_cell(cell)
-    return {
+    key = {
         "format": CACHE_FORMAT,
         "backbone": source.backbone,
         "source": source.dataset,
@@ -66,6 +66,10 @@ def cache_key(cell: Cell) -> dict:
         "recipe": "full from random init",
         "settings": dataclasses.asdict(source.settings),
     }
+    weights_id = (cell.provenance or {}).get("weights_id")
+    if weights_id:  # pretrain:<source>@<fingerprint of the source data> (tlbench.provenance)
+        key["source_data"] = weights_id
+    return key
 
 
 def checkpoint_path(cell: Cell) -> Path:

@@ -7,6 +7,7 @@ leaves at worst one partial last line, which loading reports and skips.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -17,6 +18,56 @@ from tlbench.errors import TlbenchError, TlbenchWarning
 
 RECORDS_FILE = "records.jsonl"
 FINISHED = ("ok", "diverged")  # statuses that resume treats as done
+SCHEMA_VERSION = 2  # bump when records gain required keys or metrics change meaning
+# (part of every config, so of config_hash: cells recorded under an older schema run again)
+
+IDENTITY_KEYS = ("backbone", "strategy", "dataset", "seed", "weights")
+# Keys of ``config`` that a run directory may mix: the cell's identity, its threshold
+# (only epochs-to-X% depends on it) and facts that follow from the identity (the
+# resolved resolution, the weights' and plugins' identity, the data's fingerprint).
+# Everything else is a *setting*: one run directory holds one value of each.
+PER_CELL_KEYS = (*IDENTITY_KEYS, "threshold", "resolution", "data", "weights_id", "plugins")
+
+REQUIRED_KEYS = (
+    # every ``ok`` record of the current schema has these (tests/test_records.py checks
+    # the committed results); ``config`` must hold REQUIRED_CONFIG_KEYS
+    *IDENTITY_KEYS,
+    "status",
+    "config_hash",
+    "config",
+    "weights_source",
+    "data_source",
+    "split_sizes",
+    "resolution",
+    "device",
+    "versions",
+    "finished_at",
+    "threshold",
+    "epochs_to_threshold",
+    "epoch_budget",
+    "final_accuracy",
+    "best_val_accuracy",
+    "best_val_test_accuracy",
+    "trainable_params",
+    "trainable_params_per_phase",
+    "total_params",
+    "train_throughput",
+    "infer_throughput",
+    "wall_seconds",
+    "freeze_verified",
+    "feature_cache",
+    "memory_format",
+    "inference_batch",
+    "batch_size",
+    "curve",
+    "per_class",
+    "confusion",
+    "test_correct",
+    "ece",
+    "bn_policy",
+    "lr_chosen",
+)
+REQUIRED_CONFIG_KEYS = ("schema", "tlbench", "data", "weights_id", "plugins")
 
 
 class Record(TypedDict, total=False):
@@ -28,7 +79,10 @@ class Record(TypedDict, total=False):
     weights: str  # requested weights: imagenet | random | file:/path | pretrain:<dataset>
     status: str  # ok | diverged | failed
     config_hash: str  # sha256 prefix of the cell config: resume key
-    config: dict  # every setting that shaped the numbers
+    config: dict  # every setting that shaped the numbers, plus schema, tlbench version,
+    # data fingerprint (data), weights identity (weights_id), plugin versions (plugins)
+    row_hash: str  # sha256 prefix of the config minus the seed: one leaderboard row
+    git: dict  # {"commit": sha, "dirty": bool} when tlbench runs from a git checkout
     # environment
     weights_source: str  # where the weights actually came from
     data_source: str  # which dataset source was used
@@ -156,6 +210,17 @@ def _warn_skipped(path: Path, number: int, why: str) -> None:
         CorruptRecordWarning,
         stacklevel=4,
     )
+
+
+def row_hash(config: dict) -> str:
+    """The leaderboard row of a config: its hash without the seed (seeds pool, nothing else)."""
+    rest = {k: v for k, v in config.items() if k != "seed"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_settings(config: dict) -> dict:
+    """The part of a config that must be equal for every record of one run directory."""
+    return {k: v for k, v in config.items() if k not in PER_CELL_KEYS}
 
 
 def finished_hashes(records: list[Record]) -> set[str]:

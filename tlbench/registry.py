@@ -28,6 +28,7 @@ class Entry:
 
     spec: Any
     plugin: str
+    version: str = ""  # "<distribution> <version>" of the plugin's code (plugin_version)
 
 
 @dataclass
@@ -37,14 +38,14 @@ class Registry:
     items: dict[str, dict[str, Entry]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     load_errors: list[str] = field(default_factory=list)
 
-    def add(self, kind: str, spec: Any, plugin: str) -> None:
+    def add(self, kind: str, spec: Any, plugin: str, version: str = "") -> None:
         existing = self.items[kind].get(spec.name)
         if existing is not None:
             raise DuplicateNameError(
                 f"{SINGULAR[kind]} {spec.name!r} is registered twice: by plugin "
                 f"{existing.plugin!r} and by plugin {plugin!r}; uninstall or rename one."
             )
-        self.items[kind][spec.name] = Entry(spec, plugin)
+        self.items[kind][spec.name] = Entry(spec, plugin, version)
 
     def names(self, kind: str) -> list[str]:
         return list(self.items[kind])
@@ -53,6 +54,12 @@ class Registry:
         """The plugin that registered ``name`` (for error messages that blame it)."""
         self.get(kind, name)
         return self.items[kind][name.split(":", 1)[0] if kind == "strategies" else name].plugin
+
+    def version_of(self, kind: str, name: str) -> str:
+        """``"<distribution> <version>"`` of the plugin that registered ``name``."""
+        self.get(kind, name)
+        entry = self.items[kind][name.split(":", 1)[0] if kind == "strategies" else name]
+        return entry.version or entry.plugin
 
     def get(self, kind: str, name: str) -> Any:
         """Return the spec registered as ``name`` or raise a did-you-mean error."""
@@ -99,9 +106,14 @@ def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     return pm
 
 
+# registered plugin name -> "<distribution> <version>", for plugins loaded from entry points
+_ENTRY_POINT_VERSIONS: dict[str, str] = {}
+
+
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist else "?"
+        version = getattr(ep.dist, "version", None) if ep.dist else None
         try:
             plugin = ep.load()
         except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the rest
@@ -115,6 +127,47 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         if pm.is_registered(plugin):
             continue
         pm.register(plugin, name=f"{dist}:{ep.name}")
+        _ENTRY_POINT_VERSIONS[f"{dist}:{ep.name}"] = f"{dist} {version or 'unknown'}"
+
+
+def plugin_version(plugin: Any, name: str) -> str:
+    """``"<distribution> <version>"`` of a registered plugin's code (part of config_hash).
+
+    An entry-point plugin: its distribution's name and version.  A plugin registered
+    by hand: its own ``__version__``, else its top-level package's ``__version__``, else
+    the version of the distribution that installed that package, else ``unversioned``.
+    """
+    if name in _ENTRY_POINT_VERSIONS:
+        return _ENTRY_POINT_VERSIONS[name]
+    import sys
+
+    module = getattr(plugin, "__name__", None) if isinstance(plugin, type(sys)) else None
+    module = module or getattr(type(plugin), "__module__", None) or "?"
+    top = module.split(".", 1)[0]
+    own = getattr(plugin, "__version__", None)
+    if own is None:
+        own = getattr(sys.modules.get(top), "__version__", None)
+    if own is not None:
+        return f"{top} {own}"
+    for dist in _distributions_of(top):
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{top} unversioned"
+
+
+def _distributions_of(top_level: str) -> list[str]:
+    global _PACKAGES
+    if _PACKAGES is None:
+        try:
+            _PACKAGES = metadata.packages_distributions()
+        except Exception:  # noqa: BLE001 - broken metadata: no version, not a crash
+            _PACKAGES = {}
+    return list(_PACKAGES.get(top_level, []))
+
+
+_PACKAGES: dict[str, list[str]] | None = None
 
 
 def collect(pm: pluggy.PluginManager) -> Registry:
@@ -128,8 +181,9 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     for kind, hook in hooks.items():
         for impl in hook.get_hookimpls():
             plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+            version = plugin_version(impl.plugin, plugin_name)
             for spec in _registered_by(impl, kind, plugin_name):
-                registry.add(kind, spec, plugin_name)
+                registry.add(kind, spec, plugin_name, version)
     return registry
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import gc
 import platform
@@ -19,13 +20,14 @@ import torch
 
 from tlbench import __version__, lr_search
 from tlbench.adapt import BatchAdapter, RandomShift
-from tlbench.data.loaded import Splits
+from tlbench.data.loaded import LoadedDataset, Splits
 from tlbench.data.splits import make_splits
 from tlbench.device import DeviceInfo
 from tlbench.errors import DataUnavailable, Interrupted, PluginError, TlbenchError
 from tlbench.features import FeatureCache
 from tlbench.model import StagedModel
 from tlbench.plan import Cell
+from tlbench.provenance import cell_provenance, git_state
 from tlbench.records import RECORDS_FILE, Record, append_record, finished_hashes, load_records
 from tlbench.registry import Registry
 from tlbench.specs import split_strategy_arg
@@ -73,14 +75,36 @@ class Runner:
         self.cache = FeatureCache(device.device)
         self.tuner = Tuner(device.device, device.channels_last)  # layouts, inference batches
         self._splits: dict[tuple, tuple[Splits, str]] = {}
+        self._loaded: dict[str, LoadedDataset] = {}
         self._models: dict[tuple, StagedModel] = {}
         self._in_flight: Optional[Cell] = None  # started, record not yet stored
         self._lr_choices: dict[str, lr_search.SearchResult] = {}  # row key -> --lr auto search
 
     def prepare_data(self, cells: list[Cell]) -> None:
         """Load and split every dataset up front: bad data or sizes fail before training."""
-        for cell in {(c.dataset, c.settings): c for c in cells}.values():
+        for cell in {self._split_key(c): c for c in cells}.values():
             self.splits_for(cell)
+
+    def finalize(self, cells: list[Cell]) -> list[Cell]:
+        """The cells with their provenance (data fingerprint, weights identity, plugin
+        versions: tlbench.provenance), which completes their config_hash.  Loads each
+        dataset once; a cell whose data is unavailable stays as it is (it is skipped)."""
+        return [self._finalized(cell) for cell in cells]
+
+    def _finalized(self, cell: Cell) -> Cell:
+        if cell.provenance is not None:
+            return cell
+        try:
+            provenance = cell_provenance(cell, self.registry, self.loaded)
+        except DataUnavailable:
+            return cell
+        return dataclasses.replace(cell, provenance=provenance)
+
+    def loaded(self, dataset: str) -> LoadedDataset:
+        """The dataset as loaded from its first usable source, once per runner."""
+        if dataset not in self._loaded:
+            self._loaded[dataset] = self.registry.get("datasets", dataset).load(self.data_dir)
+        return self._loaded[dataset]
 
     def prepare_models(self, cells: list[Cell]) -> None:
         """Build each backbone once and check each strategy argument, before training.
@@ -120,6 +144,7 @@ class Runner:
     def run(self, cells: list[Cell], force: bool = False) -> Outcome:
         """Run ``cells`` in order; SIGINT/SIGTERM raise :class:`Interrupted` between steps."""
         outcome = Outcome()
+        cells = self.finalize(cells)
         records = [] if force else load_records(self.directory)
         done = finished_hashes(records)
         self._lr_choices.update(lr_search.searches_in(records))
@@ -243,7 +268,7 @@ class Runner:
     def _auto_lr(self, cell: Cell, batch_size: int):
         """The row's LR search, and when this cell ran it, its trained winner and the
         winner's own seconds (``(search, None, 0.0)`` when an earlier cell chose)."""
-        key = lr_search.row_key(cell.config())
+        key = cell.row_hash
         if key in self._lr_choices:
             return self._lr_choices[key], None, 0.0
         grid = self._strategy(cell).lr_grid
@@ -297,13 +322,22 @@ class Runner:
         return self.registry.get("datasets", cell.dataset)
 
     def splits_for(self, cell: Cell) -> tuple[Splits, str]:
+        """The cell's splits: validation and test the same for every cell of the dataset,
+        the training subsample drawn with the cell's seed (tlbench.data.splits)."""
         s = cell.settings
-        key = (cell.dataset, s.train_size, s.val_size, s.test_size)
+        key = self._split_key(cell)
         if key not in self._splits:
-            loaded = self._dataset(cell).load(self.data_dir)
-            splits = make_splits(loaded, s.train_size, s.val_size, s.test_size)
+            loaded = self.loaded(cell.dataset)
+            splits = make_splits(loaded, s.train_size, s.val_size, s.test_size, seed=key[-1])
             self._splits[key] = (splits.to(self.device.device), loaded.source)
         return self._splits[key]
+
+    @staticmethod
+    def _split_key(cell: Cell) -> tuple:
+        """Seeds share splits unless --train-size subsamples (then the subset is the seed's)."""
+        s = cell.settings
+        seed = cell.seed if s.train_size is not None else 0
+        return (cell.dataset, s.train_size, s.val_size, s.test_size, seed)
 
     def _backbone(self, cell: Cell) -> StagedModel:
         """The backbone as built from its weights: once per weights (and seed if random)."""
@@ -339,9 +373,14 @@ class Runner:
         return model, arg or None, strategy
 
     def _cache_key(self, cell: Cell, strategy) -> tuple:
-        """Cells sharing weights, resolution and data share frozen-prefix features."""
+        """Cells sharing weights, resolution and data share frozen-prefix features.
+
+        The seed is part of the key when it changes the weights (not imagenet) or the
+        training subset (--train-size subsamples: each seed draws its own).
+        """
         s = cell.settings
         seed = cell.seed if cell.weights != "imagenet" else None
+        subset = self._split_key(cell)[-1]
         edited = cell.strategy if strategy.prepare is not None else None
         return (
             cell.backbone,
@@ -352,6 +391,7 @@ class Runner:
             s.train_size,
             s.val_size,
             s.test_size,
+            subset,
             edited,
         )
 
@@ -367,6 +407,7 @@ class Runner:
             "weights": cell.weights,
             "config_hash": cell.config_hash,
             "config": cell.config(),
+            "row_hash": cell.row_hash,
             "resolution": cell.resolution,
             "threshold": cell.threshold,
             "device": self.device.name,
@@ -377,6 +418,7 @@ class Runner:
                 "python": platform.python_version(),
             },
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **({"git": git} if (git := git_state()) else {}),
         }
 
     def _save_traceback(self, cell: Cell) -> str:

