@@ -41,7 +41,7 @@ def resolve_device(choice: str = "auto") -> DeviceInfo:
         raise TlbenchError("--device cuda was asked for but no CUDA device is available here.")
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         name = torch.cuda.get_device_name(0)
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = cudnn_benchmark()
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         return DeviceInfo(torch.device("cuda"), name, "cuda-" + _slug(name), True)
@@ -50,6 +50,17 @@ def resolve_device(choice: str = "auto") -> DeviceInfo:
     cpu = platform.processor() or platform.machine()
     name, slug = f"cpu ({cores} cores, {cpu})", f"cpu-{cores}core"
     return DeviceInfo(torch.device("cpu"), name, slug, CPU_CHANNELS_LAST)
+
+
+def cudnn_benchmark() -> bool:
+    """cuDNN autotuning, off unless ``TLBENCH_CUDNN_BENCHMARK=1``.
+
+    A cell runs many batch shapes (ragged last batches of each split, inference at twice
+    the training batch, probes), and autotuning runs again for every new shape: on an
+    H100 it cost more than the steady steps it was meant to speed up (results/bench,
+    cuda-*-diag.log).
+    """
+    return os.environ.get("TLBENCH_CUDNN_BENCHMARK", "0").strip() == "1"
 
 
 def synchronize(device: torch.device) -> None:
