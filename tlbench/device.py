@@ -53,14 +53,16 @@ def resolve_device(choice: str = "auto") -> DeviceInfo:
 
 
 def cudnn_benchmark() -> bool:
-    """cuDNN autotuning, off unless ``TLBENCH_CUDNN_BENCHMARK=1``.
+    """cuDNN autotuning: on, unless ``TLBENCH_CUDNN_BENCHMARK=0``.
 
-    A cell runs many batch shapes (ragged last batches of each split, inference at twice
-    the training batch, probes), and autotuning runs again for every new shape: on an
-    H100 it cost more than the steady steps it was meant to speed up (results/bench,
-    cuda-*-diag.log).
+    Autotuning runs again for every new input shape, and a cell runs many (the ragged
+    last batch of each split, inference at twice the training batch, probes).  On an H100
+    (results/bench/cuda-nvidia-h100-80gb-hbm3-*) tlbench's in-cell resnet50 steps ran at
+    half the rate of the same steps repeated at one shape, and efficientnet_lite0 spent
+    ~30 s outside its training steps; autotuning per shape is the suspect, not yet
+    measured: ``tools/cuda_diag.py`` times both settings.
     """
-    return os.environ.get("TLBENCH_CUDNN_BENCHMARK", "0").strip() == "1"
+    return os.environ.get("TLBENCH_CUDNN_BENCHMARK", "1").strip() != "0"
 
 
 def synchronize(device: torch.device) -> None:
