@@ -199,3 +199,29 @@ def test_main_job_before_and_after_table(tmp_path):
     assert "| mnist | scratch | 60.0 | 30.0 | 2.00x |" in table
     assert "| all cells | | 90.0 | 40.0 | 2.25x |" in table
     assert "| process wall | | 100.0 | 50.0 | 2.00x |" in table
+
+
+def test_performance_section_splits_cpu_and_gpu_and_checks_targets(tmp_path):
+    from pathlib import Path
+
+    from tlbench.bench_report import performance_markdown
+
+    bench_dir = Path(__file__).parent.parent / "results" / "bench"
+    cpu = json.loads((bench_dir / "cpu-2core-resnet18-full-mnist-64px.json").read_text())
+    gpu = json.loads(
+        (bench_dir / "cuda-nvidia-h100-80gb-hbm3-resnet50-full-fashion-224px.json").read_text()
+    )
+    (tmp_path / "a.json").write_text(json.dumps(cpu))
+    (tmp_path / "b.json").write_text(json.dumps({**gpu, "tlbench_step_images_per_second": 5001}))
+    (tmp_path / "c.json").write_text(json.dumps({**gpu, "backbone": "resnet18"}))
+    text = performance_markdown(tmp_path)
+    cpu_part, gpu_part = text.split("### GPU")
+    assert "### CPU" in cpu_part and "cpu (2 cores" in cpu_part and "H100" not in cpu_part
+    assert "cpu (2 cores" not in gpu_part.split("Targets")[0]
+    assert "resnet50 full (NVIDIA H100 80GB HBM3, 224 px): 5,001 training img/s" in gpu_part
+    assert "target ≥ 5,000: met" in gpu_part
+    assert "1,907 training img/s, target ≥ 15,000: missed" in gpu_part
+    only_cpu = tmp_path / "cpu"
+    only_cpu.mkdir()
+    (only_cpu / "a.json").write_text(json.dumps(cpu))
+    assert "### CPU" not in performance_markdown(only_cpu)  # no heading without a GPU part

@@ -41,23 +41,73 @@ are noisy.
 """
 
 
+GPU_INTRO = """### GPU
+
+`tlbench bench` on CUDA: tlbench's side runs bf16 autocast, NHWC and cuDNN autotuning
+(`TLBENCH_CUDNN_BENCHMARK`); the naive side fp32 in the default layout (TF32 matmuls, as
+the process allows them). **step img/s** = tlbench's steady-state training steps (the
+first 2 of each phase and every evaluation excluded); **MFU** against the bf16 matmul peak
+measured in the same process. Offline only efficientnet_lite0 has ImageNet weights here:
+the resnets run with `--weights random` (the weights column). Raw stdout of the runs:
+`results/bench/<device>-bench-run*.log`; one training step at batch 256, 224 px, bf16,
+NHWC, repeated at one shape and profiled: `results/bench/<device>-profile-step.txt`
+(`tools/cuda_profile_step.py`). A bench stopped at its time limit wrote no JSON: the logs
+show which.
+"""
+# Issue 14's targets for an H100: steady training img/s per (backbone, strategy), and
+# naive/tlbench for linear_probe.
+STEP_TARGETS = {("resnet50", "full"): 5000, ("resnet18", "full"): 15000}
+SPEEDUP_TARGETS = {"linear_probe": 30.0}
+
+
 def performance_markdown(directory: Path) -> str:
     """The section, or "" when ``directory`` holds no bench results."""
     results = [json.loads(path.read_text()) for path in sorted(Path(directory).glob("*.json"))]
     if not results:
         return ""
-    lines = [INTRO, _table(results), "", "Commands:", ""]
+    gpu = [r for r in results if r.get("device_slug", "").startswith("cuda")]
+    cpu = [r for r in results if r not in gpu]
+    lines = [INTRO]
+    if cpu:
+        lines += ["### CPU", ""] if gpu else []
+        lines += _block(cpu)
+    if gpu:
+        lines += ["", GPU_INTRO, *_block(gpu), "", "Targets (issue 14, H100):", ""]
+        lines += _targets(gpu)
+    return "\n".join(lines) + "\n"
+
+
+def _block(results: list[dict]) -> list[str]:
+    lines = [_table(results), "", "Commands:", ""]
     lines += [f"- `{r['command']}`" for r in results]
     notes = sorted({r["weights_note"] for r in results if r.get("weights_note")})
-    lines += ["", *[f"Note: {note}" for note in notes]] if notes else []
-    return "\n".join(lines) + "\n"
+    return lines + (["", *[f"Note: {note}" for note in notes]] if notes else [])
+
+
+def _targets(results: list[dict]) -> list[str]:
+    lines = []
+    for r in sorted(results, key=lambda r: (r["backbone"], r["strategy"])):
+        where = f"{r['backbone']} {r['strategy']} ({r['device']}, {r['resolution']} px)"
+        step = STEP_TARGETS.get((r["backbone"], r["strategy"]))
+        if step is not None:
+            rate = r["tlbench_step_images_per_second"]
+            verdict = "met" if rate >= step else "missed"
+            lines.append(f"- {where}: {rate:,.0f} training img/s, target ≥ {step:,}: {verdict}")
+        speedup = SPEEDUP_TARGETS.get(r["strategy"])
+        if speedup is not None:
+            verdict = "met" if r["speedup"] >= speedup else "missed"
+            lines.append(
+                f"- {where}: naive / tlbench {r['speedup']:.2f}x, target ≥ {speedup:g}x: {verdict}"
+            )
+    return lines
 
 
 def _table(results: list[dict]) -> str:
     header = (
         "| backbone | strategy | weights | device | px | epochs | train | naive s | tlbench s "
         "| speedup ↑ | ceiling | naive acc % | tlbench acc % | naive img/s | tlbench img/s "
-        "| feature cache | layout | MFLOP/img | naive GFLOP/s | tlbench GFLOP/s | MFU | load |"
+        "| step img/s | feature cache | layout | MFLOP/img | naive GFLOP/s | tlbench GFLOP/s | MFU "
+        "| load |"
     )
     rows = [header, _rule(header)]
     for r in sorted(results, key=lambda r: (r["device"], r["backbone"], r["strategy"])):
@@ -80,6 +130,7 @@ def _table(results: list[dict]) -> str:
                     f"{r['tlbench_accuracy']:.2f}",
                     f"{r['naive_train_images_per_second']:,.0f}",
                     f"{r['tlbench_train_images_per_second']:,.0f}",
+                    f"{r['tlbench_step_images_per_second']:,.0f}",
                     r["feature_cache"],
                     _layout(r),
                     f"{r['flops_per_image'] / 1e6:,.1f}",

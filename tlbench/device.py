@@ -41,7 +41,7 @@ def resolve_device(choice: str = "auto") -> DeviceInfo:
         raise TlbenchError("--device cuda was asked for but no CUDA device is available here.")
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         name = torch.cuda.get_device_name(0)
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = cudnn_benchmark()
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         return DeviceInfo(torch.device("cuda"), name, "cuda-" + _slug(name), True)
@@ -50,6 +50,19 @@ def resolve_device(choice: str = "auto") -> DeviceInfo:
     cpu = platform.processor() or platform.machine()
     name, slug = f"cpu ({cores} cores, {cpu})", f"cpu-{cores}core"
     return DeviceInfo(torch.device("cpu"), name, slug, CPU_CHANNELS_LAST)
+
+
+def cudnn_benchmark() -> bool:
+    """cuDNN autotuning: on, unless ``TLBENCH_CUDNN_BENCHMARK=0``.
+
+    Autotuning runs again for every new input shape, and a cell runs many (the ragged
+    last batch of each split, inference at twice the training batch, probes).  On an H100
+    (results/bench/cuda-nvidia-h100-80gb-hbm3-*) tlbench's in-cell resnet50 steps ran at
+    half the rate of the same steps repeated at one shape, and efficientnet_lite0 spent
+    ~30 s outside its training steps; autotuning per shape is the suspect, not yet
+    measured: ``tools/cuda_diag.py`` times both settings.
+    """
+    return os.environ.get("TLBENCH_CUDNN_BENCHMARK", "1").strip() != "0"
 
 
 def synchronize(device: torch.device) -> None:
