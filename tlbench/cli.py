@@ -127,14 +127,19 @@ def run(
         "none", help="Training augmentation: shift or shift:N px (turns the feature cache off)."
     ),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile every stage."),
-    output: Path = typer.Option(Path("results"), help="Results directory."),
+    output: Path = typer.Option(
+        Path("runs"),
+        help="Results directory (runs/; the repository's committed reference is results/).",
+    ),
     run_name: Optional[str] = typer.Option(
         None, help="Sub-directory of --output [device-resolution-train-epochs]."
     ),
     data_dir: Optional[str] = typer.Option(
         None, envvar="TLBENCH_DATA_DIR", help="Directory with the IDX files."
     ),
-    benchmarks: Path = typer.Option(Path("BENCHMARKS.md"), help="Leaderboard file to write."),
+    benchmarks: Optional[Path] = typer.Option(
+        None, help="Leaderboard file to write [<output>/BENCHMARKS.md]."
+    ),
     force: bool = typer.Option(False, help="Recompute cells that are already recorded."),
     dry_run: bool = typer.Option(False, help="Print the planned cells and exit."),
 ) -> None:
@@ -195,7 +200,7 @@ def run(
     runner.prepare_data([c for c in cells if c not in blocked])
     runner.prepare_models([c for c in cells if c not in blocked])
     outcome = _execute(runner, cells, blocked, force)
-    path = leaderboard.write(output, benchmarks)
+    path = leaderboard.write(output, benchmarks or output / "BENCHMARKS.md")
     console.print(summary_table(outcome))
     _report(outcome, directory, path)
     if outcome.failed:

@@ -217,11 +217,18 @@ def table_row(row: RowGroup, threshold: str, shown: Optional[list[str]] = None) 
         "trainable params ↓": _params(ok),
         "train img/s ↑": format_mean_std(row.summary("train_throughput"), 0),
         "infer img/s ↑": format_mean_std(row.summary("infer_throughput"), 0),
-        "wall s ↓": format_mean_std(row.summary("wall_seconds"), 1),
+        "train s ↓": format_mean_std(row.summary("train_seconds"), 1),
+        "LR search s": _search_seconds(ok),
         "seeds": f"{len(ok)}"
         + (f" ({', '.join(statuses)}: {len(row.records) - len(ok)})" if statuses else ""),
         "_sort": accuracy.mean if accuracy else -1.0,
     }
+
+
+def _search_seconds(ok: list[dict]) -> str:
+    """What the row's --lr auto search cost (paid once, by the seed that searched)."""
+    spent = [r["tuning_seconds"] for r in ok if r.get("tuning_seconds")]
+    return f"{sum(spent):,.0f}" if spent else "–"
 
 
 def paired_table(rows: list[RowGroup]) -> Optional[str]:
