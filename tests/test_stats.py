@@ -248,3 +248,16 @@ def test_rows_of_the_same_names_are_told_apart_in_pictures():
     assert [r.variant for r in rows] == ["lr=0.001", "lr=0.01"]
     picture = plots.Picture("d", "tradeoff", "", "", tuple(rows))
     assert [picture.label(r) for r in rows] == ["full (lr=0.001)", "full (lr=0.01)"]
+
+
+def test_few_seeds_widen_the_bootstrap_to_the_t_interval():
+    from tlbench.stats import bootstrap_summary, verdict
+
+    # per-seed differences +17, +9, +1 pp (images 0..99 right for "other" only on some)
+    full = {s: _hits(500).numpy() for s in range(3)}
+    other = {s: _hits(500 + gain).numpy() for s, gain in enumerate((170, 90, 10))}
+    diff = bootstrap_summary(other, full)
+    t = paired_difference({s: float(d) for s, d in enumerate((17, 9, 1))}, {0: 0, 1: 0, 2: 0})
+    assert diff.mean == pytest.approx(9.0) and diff.std == pytest.approx(t.std)
+    assert diff.low <= t.low < 0 and diff.high >= t.high  # at least the t interval
+    assert verdict(diff) == "no clear difference (CI spans 0)"
