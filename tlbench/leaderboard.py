@@ -143,7 +143,7 @@ def run_header(records: list[Record]) -> list[str]:
     lines = [
         f"- Device: {', '.join(_unique(r['device'] for r in ok))}",
         f"- Settings: {config['epochs']} epochs, batch {config['batch_size']}, Adam lr "
-        f"{config['lr']}, resolution {_unique_join(r['resolution'] for r in ok)} px, "
+        f"{_lr_setting(config['lr'])}, resolution {_unique_join(r['resolution'] for r in ok)} px, "
         f"{config['evals_per_epoch']} validation evaluations per epoch, seeds "
         f"{_unique_join(r['seed'] for r in ok)}",
         f"- Splits: {'; '.join(sizes)}",
@@ -225,6 +225,12 @@ def table_row(row: RowGroup, threshold: str, shown: Optional[list[str]] = None) 
         + (f" ({', '.join(statuses)}: {len(row.records) - len(ok)})" if statuses else ""),
         "_sort": accuracy.mean if accuracy else -1.0,
     }
+
+
+def _lr_setting(lr) -> str:
+    if lr == "auto":
+        return "auto (each strategy's grid, chosen on validation: LR column)"
+    return str(lr)
 
 
 def _search_seconds(ok: list[dict]) -> str:
