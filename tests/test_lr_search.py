@@ -113,3 +113,38 @@ def test_bad_lr_is_a_clear_error(text):
     with pytest.raises(TlbenchError, match="--lr"):
         parse_lr(text)
     assert parse_lr("auto") is None and parse_lr("3e-4") == 3e-4
+
+
+def test_untimed_steps_are_null_not_zero(tiny_plugin, tmp_path):
+    """One step per phase: nothing past the warm-up is timed, so the step-only rate is
+    None ("–" in tables) while the end-to-end rate and the inference rate are measured."""
+    import tlbench.registry as plugin_registry
+    from tlbench.device import resolve_device
+    from tlbench.plan import Cell, make_settings
+    from tlbench.runner import Runner
+    from tlbench.stats import format_mean_std, summarize
+
+    pm = plugin_registry.get_plugin_manager()
+    settings = make_settings(
+        False, 0.01, 1, epochs=1, batch_size=256, resolution=16, train_size=200,
+        val_size=100, test_size=100,
+    )  # fmt: skip
+    cell = Cell("tiny", "linear_probe", "synth", 0, "imagenet", 16, 95.0, settings)
+    runner = Runner(plugin_registry.collect(pm), pm.hook, resolve_device("cpu"), tmp_path)
+    record = runner.run_cell(cell)
+    assert record["status"] == "ok", record.get("error")
+    assert record["train_step_throughput"] is None
+    assert record["train_throughput"] > 0 and record["train_seconds"] > 0
+    assert record["infer_throughput"] > 0 and record["infer_batch"] > 0
+    assert set(record["one_time_seconds"]) == {"cache_fill", "layout_trials", "backbone_build"}
+    assert format_mean_std(summarize([]), 0) == "–"
+
+
+def test_shared_cache_fill_is_charged_to_every_cell(tiny_plugin, tmp_path):
+    """The second cell of a shared frozen-prefix cache pays no fill but is charged its cost."""
+    runner, cells = tiny_cells_runner(tmp_path, "linear_probe", seeds=[0], lr=0.01)
+    first = runner.run_cell(cells[0])
+    second = runner.run_cell(cells[0])
+    assert first["one_time_seconds"]["cache_fill"] > 0
+    assert second["one_time_seconds"]["cache_fill"] == 0
+    assert second["cache_fill_charged_seconds"] == first["cache_fill_charged_seconds"] > 0
