@@ -15,6 +15,7 @@ import torch
 from cli_helpers import TINY_RUN, output_args, records_path, run_main, skip_pictures, snapshot
 from plugin_fixtures import TinyPlugin, tiny_staged, write_synthetic_idx
 
+import tlbench
 import tlbench.registry as plugin_registry
 from tlbench.data.idx import read_idx, write_idx
 from tlbench.device import resolve_device
@@ -53,7 +54,7 @@ def test_config_hash_covers_schema_data_weights_and_plugins(tiny_plugin):
     assert config["schema"] == SCHEMA_VERSION and config["data"].startswith("sha256:")
     assert config["plugins"] == {
         "backbone": "plugin_fixtures unversioned",  # no __version__, no distribution
-        "strategy": "tlbench 0.1.0",  # the built-ins' entry points
+        "strategy": f"tlbench {tlbench.__version__}",  # the built-ins' entry points
         "dataset": "plugin_fixtures unversioned",
     }
     assert cell.row_hash == row_hash(config) != cell.config_hash

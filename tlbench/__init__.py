@@ -1,3 +1,3 @@
 """tlbench: benchmark transfer-learning strategies across backbones and datasets."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -66,6 +66,14 @@ REQUIRED_KEYS = (
     "ece",
     "bn_policy",
     "lr_chosen",
+    "lr_search",
+    "tuning_seconds",
+    "train_seconds",
+    "train_step_throughput",
+    "one_time_seconds",
+    "cache_fill_charged_seconds",
+    "infer_batch",
+    "infer_lora_merged",
 )
 REQUIRED_CONFIG_KEYS = ("schema", "tlbench", "data", "weights_id", "plugins")
 
@@ -102,8 +110,19 @@ class Record(TypedDict, total=False):
     trainable_params: int  # max over phases of what the optimizer updates
     trainable_params_per_phase: dict  # phase name -> count
     total_params: int
-    train_throughput: float  # images/s over timed training steps (warm-up excluded)
-    infer_throughput: float  # images/s on the test split, raw images in
+    train_throughput: float  # end to end: epochs x train images / train_seconds
+    train_seconds: float  # training wall, evaluations and trials out, used cache fills in
+    train_step_throughput: Optional[float]  # timed steps only (warm-up out); None: untimed
+    one_time_seconds: dict  # paid here for shared work: cache_fill, layout_trials, backbone_build
+    cache_fill_charged_seconds: float  # cost of the cache fills this cell used, whoever paid
+    infer_throughput: float  # timm-style, once per network (tlbench.inference): median img/s
+    infer_batch: int  # the fixed batch of that measurement
+    infer_lora_merged: bool  # LoRA merged into the weights for it (exact)
+    infer_folded_batchnorm: bool  # BatchNorm folded for it (exact in eval mode)
+    bn_policy: str  # per phase: frozen | train (BatchNorm in the stages it trains)
+    lr_chosen: float  # the cell's LR (--lr auto: the row's choice on validation)
+    lr_search: Optional[dict]  # --lr auto: grid, candidates (val acc, seconds), chosen, seed
+    tuning_seconds: float  # LR-search candidates other than the chosen one, run by this cell
     wall_seconds: float  # the whole cell, data prep and evaluation included
     freeze_verified: bool  # frozen tensors and BN stats unchanged by training
     freeze_violations: list  # names of frozen tensors that changed
