@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from tlbench import plots
+from tlbench.peer_report import peer_section
 from tlbench.records import Record, discover_runs, latest_by_hash, load_records
 from tlbench.stats import (
     BOOTSTRAP_RESAMPLES,
@@ -66,6 +67,7 @@ def build(output: str | Path, path: str | Path = "BENCHMARKS.md") -> str:
     if len(parts) == 1:
         parts.append("\nNo results yet: run `tlbench run`.\n")
     parts += performance_section(output)
+    parts += peer_section(output)
     return "\n".join(parts)
 
 
