@@ -106,6 +106,13 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument(
         "--tlbench-args", default="", help="extra arguments for tlbench run (one string)"
     )
+    p.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        help="read tlbench's cells from this output directory's records (e.g. results, after "
+        "`tlbench run --output results`) instead of running them again",
+    )
     args = p.parse_args(argv)
     args.seed_list = parse_seeds(args.seeds)
     return args
@@ -177,7 +184,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, hw) -> dict:
             "fastai": fast,
         }
         path = args.output / f"{stem}.json"
-        path.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        _write_atomic(path, json.dumps(result, indent=1, sort_keys=True) + "\n")
         log.info("wrote %s (%.0f s)", path, timings["total_seconds"])
         log.info("%s", summary_line(result))
         return result
@@ -186,6 +193,16 @@ def run_dataset(dataset: str, args: argparse.Namespace, hw) -> dict:
         handler.close()
         if "stem" in locals():
             os.replace(stem_tmp, args.output / f"{stem}.log")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Temp file, fsync, rename: a crash never leaves a half-written result."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def settings_from(config: dict) -> Settings:
@@ -209,6 +226,19 @@ def make_cell(args, dataset: str, seed: int, config: dict, settings: Settings) -
 
 # ---- 1. tlbench ----------------------------------------------------------------------
 def run_tlbench(dataset: str, args: argparse.Namespace, hw) -> dict:
+    if args.records is not None:
+        files = sorted(glob.glob(os.path.join(args.records, "*", "records.jsonl")))
+        records = [r for f in files for r in load_records(Path(f).parent)]
+        records = [
+            r
+            for r in records
+            if r.get("dataset") == dataset
+            and r.get("backbone") == args.backbone
+            and r.get("weights") == args.weights
+            and r.get("seed") in args.seed_list
+            and r.get("device") == hw.name
+        ]
+        return tlbench_summary(dataset, records, f"records under {args.records}/ (tlbench run)")
     with tempfile.TemporaryDirectory(prefix="peer-tlbench-") as tmp:
         command = [
             sys.executable, "-m", "tlbench", "run",
@@ -236,10 +266,14 @@ def run_tlbench(dataset: str, args: argparse.Namespace, hw) -> dict:
             raise SystemExit(f"tlbench run failed (exit {proc.returncode}); see the log")
         files = glob.glob(os.path.join(tmp, "*", "records.jsonl"))
         records = [r for f in files for r in load_records(Path(f).parent)]
+    return tlbench_summary(dataset, records, " ".join(shlex.quote(c) for c in command))
+
+
+def tlbench_summary(dataset: str, records: list, command: str) -> dict:
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         raise SystemExit(f"tlbench recorded no successful cell for {dataset}")
-    out: dict = {"command": " ".join(shlex.quote(c) for c in command), "strategies": {}}
+    out: dict = {"command": command, "strategies": {}}
     for name in STRATEGIES:
         mine = sorted((r for r in ok if r["strategy"] == name), key=lambda r: r["seed"])
         out["strategies"][name] = {
