@@ -131,3 +131,29 @@ def test_leaderboard_includes_the_section(tmp_path):
     text = leaderboard.build(tmp_path, tmp_path / "BENCHMARKS.md")
     assert "## Peer validation" in text
     assert "tlbench `two_stage`" in text
+
+
+def test_longer_linear_probe_records_explain_a_probe_miss(tmp_path):
+    """Recorded linear_probe cells equal to the peer cell but for a longer budget get their
+    own row, checked against the same target; other cells are ignored."""
+    from tlbench.records import append_record
+
+    (tmp_path / "peer").mkdir()
+    (tmp_path / "peer" / "a.json").write_text(json.dumps(result(lp=(84.0, 85.0))))
+    run = tmp_path / "cpu-e10"
+    run.mkdir()
+    base = {"status": "ok", "strategy": "linear_probe", "dataset": "mnist", "resolution": 64}
+    base.update(backbone="efficientnet_lite0", weights="imagenet", config_hash="x")
+    config = {"train_size": 2000, "lr": "auto", "epochs": 10}
+    for seed, acc in ((0, 91.0), (1, 90.6), (7, 10.0)):  # seed 7 is not a peer seed
+        append_record(run, {**base, "seed": seed, "final_accuracy": acc, "config": config})
+    other = {**base, "seed": 0, "final_accuracy": 1.0, "dataset": "fashion", "config": config}
+    append_record(run, other)
+    text = "\n".join(peer_section(tmp_path))
+    assert "| tlbench `linear_probe`, 10 epochs | 90.80 ± 0.28 | 2 |" in text
+    row = next(line for line in text.splitlines() if "10 epochs" in line)
+    assert row.endswith("| met |")
+    missed = next(
+        line for line in text.splitlines() if line.startswith("| tlbench `linear_probe` |")
+    )
+    assert missed.endswith("| missed |")

@@ -38,13 +38,42 @@ def peer_section(results_root: str | Path) -> list[str]:
     for path in files:
         try:
             result = json.loads(path.read_text())
-            lines += dataset_lines(result, path.name)
+            lines += dataset_lines(result, path.name, longer_probes(results_root, result))
         except (ValueError, KeyError, TypeError) as exc:
             lines += [f"`{path.name}`: unreadable ({type(exc).__name__}: {exc}).", ""]
     return lines
 
 
-def dataset_lines(result: dict, name: str) -> list[str]:
+def longer_probes(results_root: str | Path, result: dict) -> dict[int, list[float]]:
+    """Test accuracies of tlbench ``linear_probe`` cells recorded under ``results_root``
+    that match the peer cell in everything but a longer epoch budget, by budget: they
+    show whether a miss of the probe target is the budget (an Adam head needs more steps
+    than the cell gives it) or the features."""
+    from tlbench.records import discover_runs, load_records
+
+    s = result["settings"]
+    found: dict[int, list[float]] = {}
+    for run in discover_runs(results_root):
+        for r in load_records(run):
+            config = r.get("config") or {}
+            same = (
+                r.get("status") == "ok"
+                and r.get("strategy") == "linear_probe"
+                and r.get("dataset") == result["dataset"]
+                and r.get("backbone") == result["backbone"]
+                and r.get("weights") == result["weights"]
+                and r.get("resolution") == s["resolution"]
+                and config.get("train_size") == s["train_size"]
+                and config.get("lr") == "auto"
+                and isinstance(config.get("epochs"), int)
+                and config["epochs"] > s["epochs"]
+            )
+            if same and r.get("seed") in s["seeds"]:
+                found.setdefault(config["epochs"], []).append(r["final_accuracy"])
+    return dict(sorted(found.items()))
+
+
+def dataset_lines(result: dict, name: str, longer: Optional[dict] = None) -> list[str]:
     s = result["settings"]
     sizes = s.get("split_sizes") or {}
     title = (
@@ -59,6 +88,17 @@ def dataset_lines(result: dict, name: str) -> list[str]:
         + f" (`results/{PEER_DIR}/{name}`)."
     )
     rows = method_rows(result)
+    for epochs, acc in (longer or {}).items():
+        reference = list(result["logreg"]["test_accuracy"])
+        rows.append(
+            {
+                "method": f"tlbench `linear_probe`, {epochs} epochs",
+                "acc": acc,
+                "settings": f"the same cells with `--epochs {epochs}` (records under results/)",
+                "target": "is the miss the budget? (same target)",
+                "met": _verdict(acc, reference, -PROBE_TOLERANCE),
+            }
+        )
     table = [
         "| method | test acc % ↑ | seeds | settings | target | met? |",
         "| --- | --- | --- | --- | --- | --- |",
