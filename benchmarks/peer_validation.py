@@ -110,8 +110,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         "--records",
         type=Path,
         default=None,
-        help="read tlbench's cells from this output directory's records (e.g. results, after "
-        "`tlbench run --output results`) instead of running them again",
+        help="read tlbench's cells from this run directory's records.jsonl (e.g. "
+        "results/cpu-2core-64px-train2000-e2) instead of running them again",
     )
     args = p.parse_args(argv)
     args.seed_list = parse_seeds(args.seeds)
@@ -227,11 +227,9 @@ def make_cell(args, dataset: str, seed: int, config: dict, settings: Settings) -
 # ---- 1. tlbench ----------------------------------------------------------------------
 def run_tlbench(dataset: str, args: argparse.Namespace, hw) -> dict:
     if args.records is not None:
-        files = sorted(glob.glob(os.path.join(args.records, "*", "records.jsonl")))
-        records = [r for f in files for r in load_records(Path(f).parent)]
         records = [
             r
-            for r in records
+            for r in load_records(args.records)
             if r.get("dataset") == dataset
             and r.get("backbone") == args.backbone
             and r.get("weights") == args.weights
