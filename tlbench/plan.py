@@ -49,6 +49,9 @@ class Settings:
     evals_per_epoch: int
     head_hidden: int = 0
     augment: str = "none"  # training-input augmentation, e.g. shift:2 (turns the cache off)
+    # --lr auto prunes grids by successive halving (tlbench.lr_search); hashed through
+    # the config's ``lr_search`` entry (provenance), not as a key of its own
+    lr_halving: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class Cell:
         data["resolution"] = self.resolution
         if data["lr"] is None:
             data["lr"] = "auto"
+        del data["lr_halving"]  # in data["lr_search"] (tlbench.provenance) under --lr auto
         if data["augment"] == "none":
             del data["augment"]  # config hashes of cells without augmentation stay as they were
         data["schema"] = SCHEMA_VERSION
@@ -201,6 +205,7 @@ def make_settings(
     evals_per_epoch: int,
     head_hidden: int = 0,
     augment: str = "none",
+    lr_halving: bool = True,
     **given: Optional[int],
 ) -> Settings:
     """Settings from what the user gave, the rest from the device's profile."""
@@ -210,7 +215,12 @@ def make_settings(
         raise ValueError(f"not profile settings: {sorted(unknown)}")
     values = {k: given[k] if given.get(k) is not None else v for k, v in profile.items()}
     settings = Settings(
-        lr=lr, evals_per_epoch=evals_per_epoch, head_hidden=head_hidden, augment=augment, **values
+        lr=lr,
+        evals_per_epoch=evals_per_epoch,
+        head_hidden=head_hidden,
+        augment=augment,
+        lr_halving=lr_halving,
+        **values,
     )
     check_ranges(settings)
     return settings
