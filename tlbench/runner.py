@@ -309,6 +309,7 @@ class Runner:
             cache_key=self._cache_key(cell, strategy),
             augment=augmentation(cell, self.device.device),
             compile=self.compile_model,
+            schedule=cell.settings.schedule,
         )
         return CellTrainer(
             model,
