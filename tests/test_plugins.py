@@ -166,25 +166,26 @@ def test_duplicate_name_is_an_error_naming_both_plugins(
 # (a build function that raises: tests/test_faults.py::test_failing_cells_are_recorded_*)
 
 
-def test_backbone_without_a_staged_model_fails_only_its_cells(monkeypatch, tiny_plugin, tmp_path):
+def test_backbone_without_a_staged_model_stops_the_run_naming_the_plugin(
+    monkeypatch, tiny_plugin, tmp_path
+):
+    """A backbone that breaks the contract is found before training (tlbench.contract)."""
     register_also(monkeypatch, (FaultPlugin(), "acme-nets:backbones"))
     args = TINY_RUN + ["--backbones", "not_staged,wrong_width,tiny", "--strategies", "full"]
     result = run_main(args + output_args(tmp_path))
 
-    assert result.code == 1
-    errors = {r["backbone"]: r.get("error") for r in read_records(tmp_path)}
-    assert errors["tiny"] is None
-    assert errors["not_staged"] == (
-        "PluginError: backbone 'not_staged' from plugin 'acme-nets:backbones': build() "
+    assert result.code == 2
+    assert [line.strip() for line in result.err_lines()] == [
+        "error: 2 plugin contract violations; nothing ran:",
+        "backbone 'not_staged' from plugin 'acme-nets:backbones': build() "
         "returned a Sequential, expected a tlbench.model.StagedModel (ordered stages ending "
         "in pooled features, no classifier); split it with "
-        "tlbench.backbones_util.staged_from_layout."
-    )
-    assert errors["wrong_width"] == (
-        "PluginError: backbone 'wrong_width' from plugin 'acme-nets:backbones': its stages "
+        "tlbench.backbones_util.staged_from_layout.",
+        "backbone 'wrong_width' from plugin 'acme-nets:backbones': its stages "
         "output shape (1, 16) for one image, but num_features=32; the last stage must pool "
-        "to [batch, num_features] so tlbench can attach the classifier head."
-    )
+        "to [batch, num_features] so tlbench can attach the classifier head.",
+    ]
+    assert not (tmp_path / "results").exists()
 
 
 # ---------------------------------------------------------------- the guide

@@ -9,11 +9,13 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tlbench import leaderboard
 from tlbench import registry as plugin_registry
 from tlbench.cells import Choices, expand
+from tlbench.contract import check_cells
 from tlbench.device import resolve_device
 from tlbench.errors import Interrupted, TlbenchError, TlbenchWarning
 from tlbench.plan import (
@@ -55,7 +57,9 @@ def main() -> None:
         err_console.print(f"[bold yellow]{exc}[/]", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except TlbenchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
@@ -187,6 +191,7 @@ def run(
     runner = Runner(registry, pm.hook, hw, directory, data_dir)
     # the data fingerprint completes each cell's config_hash (tlbench.provenance)
     cells = runner.finalize(cells)
+    check_cells(runner, [c for c in cells if c not in blocked])  # plugin contract, plans
     if dry_run:
         console.print(plan_table(cells, registry, blocked, directory, data_dir))
         try:
