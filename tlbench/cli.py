@@ -16,6 +16,7 @@ from tlbench import leaderboard
 from tlbench import registry as plugin_registry
 from tlbench.cells import Choices, expand
 from tlbench.contract import check_cells
+from tlbench.data.folder import add_folder_datasets
 from tlbench.device import resolve_device
 from tlbench.errors import Interrupted, TlbenchError, TlbenchWarning
 from tlbench.plan import (
@@ -99,7 +100,9 @@ def run(
     strategies: str = typer.Option(
         DEFAULT_STRATEGIES, help="Comma list or 'all'; arguments as name:arg (partial:1)."
     ),
-    datasets: str = typer.Option(DEFAULT_DATASETS, help="Comma list or 'all'."),
+    datasets: str = typer.Option(
+        DEFAULT_DATASETS, help="Comma list or 'all'; folder:NAME=PATH reads an image folder."
+    ),
     weights: str = typer.Option(
         "imagenet", help="imagenet, random, a state-dict file, or pretrain:<dataset>."
     ),
@@ -145,6 +148,9 @@ def run(
         None, help="Leaderboard file to write [<output>/BENCHMARKS.md]."
     ),
     force: bool = typer.Option(False, help="Recompute cells that are already recorded."),
+    skip_bad_images: bool = typer.Option(
+        False, help="folder: datasets skip unreadable files (counted) instead of stopping."
+    ),
     dry_run: bool = typer.Option(False, help="Print the planned cells and exit."),
 ) -> None:
     """Train every cell of the cross-product and write records and the leaderboard."""
@@ -164,6 +170,7 @@ def run(
         val_size=val_size,
         test_size=test_size,
     )
+    datasets = add_folder_datasets(registry, datasets, skip_bad_images)  # folder:NAME=PATH
     names = {
         kind: registry.resolve_list(kind, text)
         for kind, text in (

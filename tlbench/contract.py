@@ -83,16 +83,20 @@ def dataset_violations(item: Item, spec: DatasetSpec, loaded: LoadedDataset) -> 
         per_split[split] = _image_violations(item, split, images) + _label_violations(
             item, split, labels, images, spec.num_classes
         )
-    lines += per_split["train"]
-    # the same mistake in the test split is not a second line
-    lines += [t for t in per_split["test"] if _as_train(t) not in per_split["train"]]
+    if loaded.val_labels is not None:
+        per_split["val"] = _image_violations(item, "val", loaded.val_images) + _label_violations(
+            item, "val", loaded.val_labels, loaded.val_images, spec.num_classes
+        )
+    lines += per_split.pop("train")
+    for split, found in per_split.items():  # the same mistake again is not another line
+        lines += [t for t in found if _as_train(t, split) not in lines]
     if not lines:
         lines += _missing_classes(item, loaded.train_labels, spec.num_classes)
     return lines
 
 
-def _as_train(line: str) -> str:
-    return line.replace(" test ", " train ")
+def _as_train(line: str, split: str) -> str:
+    return line.replace(f" {split} ", " train ")
 
 
 def _image_violations(item: Item, split: str, images: object) -> list[str]:
