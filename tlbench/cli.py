@@ -104,7 +104,9 @@ def run(
         DEFAULT_DATASETS, help="Comma list or 'all'; folder:NAME=PATH reads an image folder."
     ),
     weights: str = typer.Option(
-        "imagenet", help="imagenet, random, a state-dict file, or pretrain:<dataset>."
+        "imagenet",
+        help="imagenet, random, pretrained (the plugin's own), a state-dict file, or "
+        "pretrain:<dataset>; per backbone as resnet18=imagenet,tinycnn=/path/w.pt.",
     ),
     epochs: Optional[int] = typer.Option(None, help="Epoch budget per cell [profile]."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size [profile]."),
@@ -246,10 +248,11 @@ def _report(outcome, directory: Path, benchmarks: Path) -> None:
         )
 
 
-def _weights_label(text: str) -> str:
-    from tlbench.weights import WeightsChoice
+def _weights_label(text: str) -> str | dict[str, str]:
+    from tlbench.weights import parse_weights_option
 
-    return WeightsChoice.parse(text).label()
+    choices = parse_weights_option(text)
+    return choices[""] if len(choices) == 1 else choices
 
 
 def _default_run_name(slug: str, settings) -> str:
@@ -318,6 +321,7 @@ def list_items(
     if kind not in KINDS:
         raise TlbenchError(f"cannot list {kind!r}: choose one of {', '.join(KINDS)}.")
     registry = plugin_registry.load_registry()
+    registry.check_kind(kind)  # two plugins with one name: an error for this kind only
     table = Table(title=f"registered {kind}")
     for column in ("name", "plugin", "description", "here"):
         table.add_column(column, overflow="fold")
@@ -365,3 +369,7 @@ def leaderboard_cmd(
 from tlbench.cli_bench import bench  # noqa: E402 - registered last, after the app exists
 
 app.command("bench")(bench)
+
+from tlbench.cli_plugins import register as _register_plugin_commands  # noqa: E402
+
+_register_plugin_commands(app)  # plugins, check-plugin, --version

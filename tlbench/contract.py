@@ -214,14 +214,29 @@ def plan_violations(
         if not isinstance(index, int) or not -num_stages <= index < num_stages
     ]
     fractions = [p.epoch_fraction for p in phases]
-    if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > FRACTION_TOLERANCE:
+    totals = (1.0, float(epochs)) if _takes_epochs(spec) else (1.0,)
+    if any(f <= 0 for f in fractions) or all(
+        abs(sum(fractions) - t) > FRACTION_TOLERANCE for t in totals
+    ):
+        budget = (
+            f" or, as this plan takes epochs=, to the budget {epochs}" if len(totals) > 1 else ""
+        )
         lines.append(
             item.says(
                 f"{call} has epoch fractions {fractions} (sum {sum(fractions):g})",
-                "positive epoch fractions summing to 1 (each is a share of --epochs)",
+                f"positive epoch fractions summing to 1 (each is a share of --epochs){budget}",
             )
         )
     return lines
+
+
+def _takes_epochs(spec: StrategySpec) -> bool:
+    import inspect
+
+    try:
+        return "epochs" in inspect.signature(spec.plan).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------- backbones
