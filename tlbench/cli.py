@@ -31,6 +31,7 @@ from tlbench.provenance import check_same_settings
 from tlbench.records import check_writable, finished_hashes, load_records, run_dir
 from tlbench.registry import KINDS, Registry
 from tlbench.runner import Runner, availability
+from tlbench.sizes import check_sizes, with_dataset_defaults
 from tlbench.ui import RichProgress, summary_table
 
 app = typer.Typer(
@@ -159,19 +160,6 @@ def run(
     pm = plugin_registry.get_plugin_manager()
     registry = plugin_registry.collect(pm)
     hw = resolve_device(device)
-    settings = make_settings(
-        hw.is_cuda,
-        parse_lr(lr),
-        evals_per_epoch,
-        head_hidden,
-        augment=augment,
-        epochs=epochs,
-        batch_size=batch_size,
-        resolution=resolution,
-        train_size=train_size,
-        val_size=val_size,
-        test_size=test_size,
-    )
     datasets = add_folder_datasets(registry, datasets, skip_bad_images)  # folder:NAME=PATH
     names = {
         kind: registry.resolve_list(kind, text)
@@ -181,6 +169,23 @@ def run(
             ("datasets", datasets),
         )
     }
+    settings = make_settings(
+        hw.is_cuda,
+        parse_lr(lr),
+        evals_per_epoch,
+        head_hidden,
+        augment=augment,
+        epochs=epochs,
+        batch_size=batch_size,
+        resolution=resolution,
+        **with_dataset_defaults(  # a dataset's own smaller defaults (tlbench.sizes)
+            [registry.get("datasets", d) for d in names["datasets"]],
+            hw.is_cuda,
+            train_size=train_size,
+            val_size=val_size,
+            test_size=test_size,
+        ),
+    )
     choices = Choices(
         names["backbones"],
         names["strategies"],
@@ -201,6 +206,7 @@ def run(
     # the data fingerprint completes each cell's config_hash (tlbench.provenance)
     cells = runner.finalize(cells)
     check_cells(runner, [c for c in cells if c not in blocked])  # plugin contract, plans
+    check_sizes(runner, [c for c in cells if c not in blocked])  # all size problems at once
     if dry_run:
         console.print(plan_table(cells, registry, blocked, directory, data_dir))
         try:

@@ -304,10 +304,29 @@ def folder_spec(request: FolderRequest):
         name=request.name,
         num_classes=len(layout.classes),
         load=lambda data_dir=None: load_folder(request),
-        probe=lambda data_dir=None: source_text(request, scan(request.root, request.name), "…"),
+        probe=lambda data_dir=None: _probe(request),
         description=f"image folder {request.root} ({layout.kind}, {request.side}px)",
         class_names=layout.classes,
+        default_sizes=default_sizes(layout),
     )
+
+
+def _probe(request: FolderRequest) -> str:
+    layout = scan(request.root, request.name)
+    return source_text(request, layout, layout.key(request.side))
+
+
+def default_sizes(layout: Layout) -> dict[str, int]:
+    """Sizes that fit the folder: all test images, a fifth of train for validation
+    (unless val/ exists), the rest for training; profiles cap them (tlbench.sizes)."""
+    counts = {split: len(files) for split, files in layout.files.items()}
+    classes = len(layout.classes)
+    if "all" in counts:  # one tree: the split load_folder makes
+        counts["test"] = max(classes, round(TEST_FRACTION * counts["all"]))
+        counts["train"] = counts.pop("all") - counts["test"]
+    val = counts.get("val") or max(classes, round(0.2 * counts["train"]))
+    train = counts["train"] if "val" in counts else counts["train"] - val
+    return {"train": max(train, 1), "val": val, "test": counts["test"]}
 
 
 def add_folder_datasets(registry, text: str, skip_bad: bool = False) -> str:
