@@ -83,16 +83,21 @@ def test_every_size_problem_is_in_one_message(small, tmp_path):
     result = run_main(RUN + ["--datasets", "plain600"] + out(tmp_path))
     assert result.code == 2
     assert result.err_lines() == [
-        "error: split sizes this data cannot provide (set them with --train-size, "
+        "error: 2 split sizes this data cannot provide (set them with --train-size, "
         "--val-size, --test-size):",
-        "  plain600: train 2000 > the 100 train images left after holding out 500 for "
-        "validation (max 100)",
-        "  plain600: test 1000 > the 200 test images (max 200)",
+        "  train size 2000 is larger than the 100 plain600 train images left after holding "
+        "out 500 (max 100)",
+        "  test size 1000 is larger than the 200 plain600 test images (max 200)",
     ]
     too_much = ["--val-size", "600", "--test-size", "2"]
     result = run_main(RUN + ["--datasets", "plain600"] + too_much + out(tmp_path))
     assert [line.strip() for line in result.err_lines()[1:]] == [
-        "plain600: validation 600 leaves no training images out of 600 (max 599)",
-        "plain600: test 2 cannot cover 4 classes",
+        "validation size 600 leaves no training images out of 600 plain600 train images (max 599)",
+        "test size 2 cannot cover the 4 plain600 classes",
+    ]
+    one = run_main(RUN + ["--datasets", "plain600", "--train-size", "50"] + out(tmp_path))
+    assert one.err_lines() == [
+        "error: test size 1000 is larger than the 200 plain600 test images (max 200); set "
+        "sizes with --train-size, --val-size, --test-size."
     ]
     assert not (tmp_path / "results").exists()

@@ -67,10 +67,12 @@ def check_sizes(runner: Runner, cells: Iterable[Cell]) -> None:
         except DataUnavailable:
             continue
         problems += size_problems(cell.dataset, loaded, s.train_size, s.val_size, s.test_size)
+    if len(problems) == 1:
+        raise TlbenchError(f"{problems[0]}; set sizes with --train-size, --val-size, --test-size.")
     if problems:
         raise TlbenchError(
-            "split sizes this data cannot provide (set them with --train-size, --val-size, "
-            "--test-size):\n" + "\n".join(f"  {p}" for p in problems)
+            f"{len(problems)} split sizes this data cannot provide (set them with "
+            "--train-size, --val-size, --test-size):\n" + "\n".join(f"  {p}" for p in problems)
         )
 
 
@@ -85,18 +87,22 @@ def size_problems(
     left = n_train if own_val else n_train - val
     if not own_val and val >= n_train:
         problems.append(
-            f"{name}: validation {val} leaves no training images out of {n_train} "
-            f"(max {n_train - 1})"
+            f"validation size {val} leaves no training images out of {n_train} {name} train "
+            f"images (max {n_train - 1})"
         )
     elif not own_val and 0 < val < classes:
-        problems.append(f"{name}: validation {val} cannot cover {classes} classes")
+        problems.append(f"validation size {val} cannot cover the {classes} {name} classes")
     if train is not None and left > 0 and train > left:
-        held = "" if own_val else f" left after holding out {val} for validation"
-        problems.append(f"{name}: train {train} > the {left} train images{held} (max {left})")
+        held = "" if own_val else f" left after holding out {val}"
+        problems.append(
+            f"train size {train} is larger than the {left} {name} train images{held} (max {left})"
+        )
     if train is not None and train < classes:
-        problems.append(f"{name}: train {train} cannot cover {classes} classes")
+        problems.append(f"train size {train} cannot cover the {classes} {name} classes")
     if test is not None and test > n_test:
-        problems.append(f"{name}: test {test} > the {n_test} test images (max {n_test})")
+        problems.append(
+            f"test size {test} is larger than the {n_test} {name} test images (max {n_test})"
+        )
     elif test is not None and test < classes:
-        problems.append(f"{name}: test {test} cannot cover {classes} classes")
+        problems.append(f"test size {test} cannot cover the {classes} {name} classes")
     return problems

@@ -42,8 +42,8 @@ class WeightsChoice:
         if os.path.isfile(text):
             return cls("file", os.path.abspath(text))
         raise TlbenchError(
-            f"--weights {text!r} is neither 'imagenet', 'random', 'pretrained', "
-            "'pretrain:<dataset>' nor an existing file path."
+            f"--weights {text!r} is neither 'imagenet', 'random' nor an existing file path "
+            "(the other kinds: 'pretrained', 'pretrain:<dataset>', per backbone NAME=...)."
         )
 
     def label(self) -> str:
