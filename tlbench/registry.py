@@ -187,7 +187,8 @@ def _load_entry_points(pm: pluggy.PluginManager, disabled: set[str] = frozenset(
         name = f"{dist}:{ep.name}"
         if name in LOADS and dist == "tlbench":
             continue  # a built-in, registered by module already (or disabled)
-        load = PluginLoad(name, dist, version or "unknown", f"{ep.name} = {ep.value}", "loaded")
+        value = getattr(ep, "value", "?")
+        load = PluginLoad(name, dist, version or "unknown", f"{ep.name} = {value}", "loaded")
         LOADS[name] = load
         if _is_disabled(disabled, dist, ep.name):
             load.status = "disabled"
