@@ -78,7 +78,7 @@ def rejects(recorded: Path, args: list[str], *fragments: str) -> str:
         ("--backbones", "tinny", ["unknown backbone 'tinny'", "Did you mean 'tiny'?", "resnet18"]),
         ("--strategies", "ful", ["unknown strategy 'ful'", "Did you mean 'full'?"]),
         ("--strategies", "partial:x", ["strategy partial:x is invalid", "e.g. partial:2"]),
-        ("--datasets", "synt", ["unknown dataset 'synt'", "Did you mean 'synth'?", "mnist"]),
+        ("--datasets", "synt", ["unknown dataset 'synt'", "Did you mean 'synth'", "mnist"]),
         ("--backbones", "tiny,,resnet18", ["malformed backbone list 'tiny,,resnet18'", "'a,b'"]),
         ("--backbones", ",", ["malformed backbone list ','", "no empty items"]),
         ("--strategies", "", ["malformed strategy list ''", "or 'all'"]),

@@ -62,8 +62,11 @@ def test_registry_duplicate_names_both_plugins():
     registry = Registry()
     spec = StrategySpec("x", "d", lambda n, a: [])
     registry.add("strategies", spec, "plugin-a")
+    registry.add("strategies", spec, "plugin-b")  # kept; an error when the name is used
     with pytest.raises(DuplicateNameError, match="plugin-a.*plugin-b"):
-        registry.add("strategies", spec, "plugin-b")
+        registry.get("strategies", "x")
+    with pytest.raises(DuplicateNameError, match="plugin-a.*plugin-b"):
+        registry.resolve_list("strategies", "all")
 
 
 def test_builtins_come_from_entry_points():

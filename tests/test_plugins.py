@@ -158,7 +158,9 @@ def test_duplicate_name_is_an_error_naming_both_plugins(
         (line,) = result.err_lines()
         assert line.startswith(f"error: {name} is registered twice: by plugin ")
         assert f"'{first}'" in line and "'acme-extra:dup'" in line
-        assert line.endswith("uninstall or rename one.")
+        assert line.endswith(
+            "uninstall or rename one (or drop one for now: TLBENCH_DISABLE_PLUGINS=acme-extra:dup)."
+        )
     assert not (tmp_path / "results").exists()
 
 
@@ -166,25 +168,26 @@ def test_duplicate_name_is_an_error_naming_both_plugins(
 # (a build function that raises: tests/test_faults.py::test_failing_cells_are_recorded_*)
 
 
-def test_backbone_without_a_staged_model_fails_only_its_cells(monkeypatch, tiny_plugin, tmp_path):
+def test_backbone_without_a_staged_model_stops_the_run_naming_the_plugin(
+    monkeypatch, tiny_plugin, tmp_path
+):
+    """A backbone that breaks the contract is found before training (tlbench.contract)."""
     register_also(monkeypatch, (FaultPlugin(), "acme-nets:backbones"))
     args = TINY_RUN + ["--backbones", "not_staged,wrong_width,tiny", "--strategies", "full"]
     result = run_main(args + output_args(tmp_path))
 
-    assert result.code == 1
-    errors = {r["backbone"]: r.get("error") for r in read_records(tmp_path)}
-    assert errors["tiny"] is None
-    assert errors["not_staged"] == (
-        "PluginError: backbone 'not_staged' from plugin 'acme-nets:backbones': build() "
+    assert result.code == 2
+    assert [line.strip() for line in result.err_lines()] == [
+        "error: 2 plugin contract violations; nothing ran:",
+        "backbone 'not_staged' from plugin 'acme-nets:backbones': build() "
         "returned a Sequential, expected a tlbench.model.StagedModel (ordered stages ending "
         "in pooled features, no classifier); split it with "
-        "tlbench.backbones_util.staged_from_layout."
-    )
-    assert errors["wrong_width"] == (
-        "PluginError: backbone 'wrong_width' from plugin 'acme-nets:backbones': its stages "
+        "tlbench.backbones_util.staged_from_layout.",
+        "backbone 'wrong_width' from plugin 'acme-nets:backbones': its stages "
         "output shape (1, 16) for one image, but num_features=32; the last stage must pool "
-        "to [batch, num_features] so tlbench can attach the classifier head."
-    )
+        "to [batch, num_features] so tlbench can attach the classifier head.",
+    ]
+    assert not (tmp_path / "results").exists()
 
 
 # ---------------------------------------------------------------- the guide
@@ -312,3 +315,69 @@ def test_extras_items_in_process(monkeypatch, tiny_plugin, tmp_path):
     write_synthetic_idx(data / "kmnist")  # kmnist from a --data-dir, through the source chain
     assert datasets.probe_kmnist(str(data)) == f"dir:{(data / 'kmnist').resolve()}"
     assert datasets.load_kmnist(str(data)).train_images.shape == (400, 12, 12)
+
+
+SHAPES_PKG = ROOT / "plugins" / "tlbench-shapes"
+
+
+def test_shapes_package_walkthrough_and_the_suite_is_hermetic(layered_venv, tmp_path):
+    """docs/plugins.md section 9: install, list with its version, check, run, test,
+    uninstall; and tlbench's own e2e count test passes with the package installed."""
+    env = {
+        **os.environ,
+        "TLBENCH_OFFLINE": "1",
+        "COLUMNS": "250",
+        "PYTHONPATH": str(ROOT),
+        "PIP_NO_INDEX": "1",
+        "TLBENCH_CACHE": str(tmp_path / "cache"),
+    }
+    env.pop("TLBENCH_LOAD_PLUGINS", None)  # like a user's shell: entry points load
+
+    def python(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(layered_venv), *args], env=env, capture_output=True, text=True, timeout=400
+        )
+
+    source = shutil.copytree(SHAPES_PKG, tmp_path / "tlbench-shapes")
+    installed = python("-m", "pip", "install", "--no-deps", "--no-build-isolation", str(source))
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    output = tmp_path / "results"
+    run = ["run", "--backbones", "tinycnn", "--weights", "tinycnn=random", "--datasets"]
+    run += ["shapes", "--strategies", "linear_probe", "--resolution", "32", "--epochs", "2"]
+    run += ["--lr", "0.01", "--no-reference", "--seeds", "1", "--device", "cpu"]
+    run += ["--output", str(output), "--run-name", "shapes", "--benchmarks", str(tmp_path / "B.md")]
+    commands = [["plugins"], ["check-plugin", "tlbench-shapes"], ["list", "backbones"], run]
+    session = python("-c", SESSION, json.dumps(commands), str(source / "tests"))
+    assert session.returncode == 0, session.stdout + session.stderr
+    for row in (
+        r"tlbench-shapes:shapes\s+│ tlbench-shapes\s+│ 0\.1\.0\s+│ shapes = tlbench_shapes\s+│ "
+        r"backbone tinycnn, dataset shapes\s+│ loaded",
+        r"tlbench-shapes:shapes: 2 items keep the contract",
+        r"tinycnn\s.*tlbench-shapes:shapes",
+        r"3 passed",  # the package's own tests (tlbench.testing.assert_plugin_ok)
+    ):
+        assert re.search(row, session.stdout), f"{row!r} not in:\n{session.stdout}"
+    (line,) = (output / "shapes" / "records.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["status"] == "ok" and record["weights_source"] == "random"
+    assert record["split_sizes"] == {"train": 200, "val": 40, "test": 60}  # its defaults
+    assert record["data_source"].startswith("folder:") and " key=" in record["data_source"]
+    assert record["config"]["plugins"]["backbone"] == "tlbench-shapes 0.1.0"
+
+    # the suite's own count test, in this environment where tinycnn is installed
+    e2e = "tests/test_cli_e2e.py::test_dry_run_lists_full_cross_product"
+    hermetic = subprocess.run(
+        [str(layered_venv), "-m", "pytest", "-q", "-p", "no:cacheprovider", e2e],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert hermetic.returncode == 0, hermetic.stdout + hermetic.stderr
+
+    removed = python("-m", "pip", "uninstall", "-y", "tlbench-shapes")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    gone = python("-c", SESSION, json.dumps([["plugins"]]))
+    assert gone.returncode == 0 and "tlbench-shapes" not in gone.stdout

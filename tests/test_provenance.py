@@ -103,6 +103,7 @@ def test_entry_point_plugins_are_versioned_by_their_distribution(monkeypatch, sy
             return TinyPlugin(synth_dir)
 
     monkeypatch.setattr(plugin_registry.metadata, "entry_points", lambda group: [EntryPoint()])
+    monkeypatch.delenv("TLBENCH_LOAD_PLUGINS", raising=False)  # conftest: off by default
     registry = plugin_registry.collect(plugin_registry.get_plugin_manager())
     assert registry.plugin_of("backbones", "tiny") == "tlbench-tiny:tiny"
     assert registry.version_of("backbones", "tiny") == "tlbench-tiny 2.3"

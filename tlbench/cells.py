@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from tlbench.plan import Cell, Settings
 from tlbench.registry import Registry
 from tlbench.specs import split_strategy_arg
+from tlbench.weights import weights_for
 
 REFERENCE = ("scratch", "random")  # the from-scratch row: strategy, weights
 
@@ -17,7 +18,7 @@ class Choices:
     strategies: list[str]
     datasets: list[str]
     seeds: list[int]
-    weights: str
+    weights: str | dict[str, str]  # a label, or per backbone ("" = the rest)
     thresholds: dict[str, float]
     reference: bool  # add a from-scratch (``scratch``: random init, all train) row
 
@@ -25,18 +26,25 @@ class Choices:
 def expand(choices: Choices, settings: Settings, registry: Registry) -> list[Cell]:
     """Cross-product dataset x backbone x strategy x seed, plus the reference rows."""
     cells: list[Cell] = []
-    if choices.weights.startswith("pretrain:"):  # the source must be a registered dataset
-        registry.get("datasets", choices.weights.split(":", 1)[1])
+    per_backbone = choices.weights if isinstance(choices.weights, dict) else {}
+    for name in per_backbone:
+        if name:  # --weights NAME=...: NAME must be a backbone of this run
+            registry.get("backbones", name)
+    for backbone in choices.backbones:
+        weights = weights_for(choices.weights, backbone)
+        if weights.startswith("pretrain:"):  # the source must be a registered dataset
+            registry.get("datasets", weights.split(":", 1)[1])
     for dataset in choices.datasets:
         for backbone in choices.backbones:
             spec = registry.get("backbones", backbone)
+            weights = weights_for(choices.weights, backbone)
             resolution = settings.resolution or spec.input_size
             rows = [
                 (canonical_strategy(s, registry), registry.get("strategies", s).weights)
                 for s in choices.strategies
             ]
-            rows = [(s, forced or choices.weights) for s, forced in rows]
-            if choices.reference and choices.weights != REFERENCE[1]:
+            rows = [(s, forced or weights) for s, forced in rows]
+            if choices.reference and weights != REFERENCE[1]:
                 rows.append(REFERENCE)
             for strategy, weights in dict.fromkeys(rows):
                 for seed in choices.seeds:

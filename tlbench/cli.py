@@ -9,11 +9,14 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tlbench import leaderboard
 from tlbench import registry as plugin_registry
 from tlbench.cells import Choices, expand
+from tlbench.contract import check_cells
+from tlbench.data.folder import add_folder_datasets
 from tlbench.device import resolve_device
 from tlbench.errors import Interrupted, TlbenchError, TlbenchWarning
 from tlbench.plan import (
@@ -28,6 +31,7 @@ from tlbench.provenance import check_same_settings
 from tlbench.records import check_writable, finished_hashes, load_records, run_dir
 from tlbench.registry import KINDS, Registry
 from tlbench.runner import Runner, availability
+from tlbench.sizes import check_sizes, with_dataset_defaults
 from tlbench.ui import RichProgress, summary_table
 
 app = typer.Typer(
@@ -55,7 +59,9 @@ def main() -> None:
         err_console.print(f"[bold yellow]{exc}[/]", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except TlbenchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
@@ -95,9 +101,13 @@ def run(
     strategies: str = typer.Option(
         DEFAULT_STRATEGIES, help="Comma list or 'all'; arguments as name:arg (partial:1)."
     ),
-    datasets: str = typer.Option(DEFAULT_DATASETS, help="Comma list or 'all'."),
+    datasets: str = typer.Option(
+        DEFAULT_DATASETS, help="Comma list or 'all'; folder:NAME=PATH reads an image folder."
+    ),
     weights: str = typer.Option(
-        "imagenet", help="imagenet, random, a state-dict file, or pretrain:<dataset>."
+        "imagenet",
+        help="imagenet, random, pretrained (the plugin's own), a state-dict file, or "
+        "pretrain:<dataset>; per backbone as resnet18=imagenet,tinycnn=/path/w.pt.",
     ),
     epochs: Optional[int] = typer.Option(None, help="Epoch budget per cell [profile]."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size [profile]."),
@@ -147,12 +157,24 @@ def run(
         None, help="Leaderboard file to write [<output>/BENCHMARKS.md]."
     ),
     force: bool = typer.Option(False, help="Recompute cells that are already recorded."),
+    skip_bad_images: bool = typer.Option(
+        False, help="folder: datasets skip unreadable files (counted) instead of stopping."
+    ),
     dry_run: bool = typer.Option(False, help="Print the planned cells and exit."),
 ) -> None:
     """Train every cell of the cross-product and write records and the leaderboard."""
     pm = plugin_registry.get_plugin_manager()
     registry = plugin_registry.collect(pm)
     hw = resolve_device(device)
+    datasets = add_folder_datasets(registry, datasets, skip_bad_images)  # folder:NAME=PATH
+    names = {
+        kind: registry.resolve_list(kind, text)
+        for kind, text in (
+            ("backbones", backbones),
+            ("strategies", strategies),
+            ("datasets", datasets),
+        )
+    }
     settings = make_settings(
         hw.is_cuda,
         parse_lr(lr),
@@ -164,18 +186,14 @@ def run(
         epochs=epochs,
         batch_size=batch_size,
         resolution=resolution,
-        train_size=train_size,
-        val_size=val_size,
-        test_size=test_size,
+        **with_dataset_defaults(  # a dataset's own smaller defaults (tlbench.sizes)
+            [registry.get("datasets", d) for d in names["datasets"]],
+            hw.is_cuda,
+            train_size=train_size,
+            val_size=val_size,
+            test_size=test_size,
+        ),
     )
-    names = {
-        kind: registry.resolve_list(kind, text)
-        for kind, text in (
-            ("backbones", backbones),
-            ("strategies", strategies),
-            ("datasets", datasets),
-        )
-    }
     choices = Choices(
         names["backbones"],
         names["strategies"],
@@ -195,6 +213,8 @@ def run(
     runner = Runner(registry, pm.hook, hw, directory, data_dir)
     # the data fingerprint completes each cell's config_hash (tlbench.provenance)
     cells = runner.finalize(cells)
+    check_cells(runner, [c for c in cells if c not in blocked])  # plugin contract, plans
+    check_sizes(runner, [c for c in cells if c not in blocked])  # all size problems at once
     if dry_run:
         console.print(plan_table(cells, registry, blocked, directory, data_dir))
         try:
@@ -242,10 +262,11 @@ def _report(outcome, directory: Path, benchmarks: Path) -> None:
         )
 
 
-def _weights_label(text: str) -> str:
-    from tlbench.weights import WeightsChoice
+def _weights_label(text: str) -> str | dict[str, str]:
+    from tlbench.weights import parse_weights_option
 
-    return WeightsChoice.parse(text).label()
+    choices = parse_weights_option(text)
+    return choices[""] if len(choices) == 1 else choices
 
 
 def _default_run_name(slug: str, settings) -> str:
@@ -314,6 +335,7 @@ def list_items(
     if kind not in KINDS:
         raise TlbenchError(f"cannot list {kind!r}: choose one of {', '.join(KINDS)}.")
     registry = plugin_registry.load_registry()
+    registry.check_kind(kind)  # two plugins with one name: an error for this kind only
     table = Table(title=f"registered {kind}")
     for column in ("name", "plugin", "description", "here"):
         table.add_column(column, overflow="fold")
@@ -361,3 +383,7 @@ def leaderboard_cmd(
 from tlbench.cli_bench import bench  # noqa: E402 - registered last, after the app exists
 
 app.command("bench")(bench)
+
+from tlbench.cli_plugins import register as _register_plugin_commands  # noqa: E402
+
+_register_plugin_commands(app)  # plugins, check-plugin, --version

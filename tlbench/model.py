@@ -25,6 +25,34 @@ class StagedModel(nn.Module):
         self.num_features = num_features
         self.head: nn.Module = nn.Identity()
 
+    @classmethod
+    def from_modules(
+        cls,
+        stages: Sequence[nn.Module] | dict[str, nn.Module],
+        num_features: int,
+        weights: object = None,
+        weights_source: str | None = None,
+    ) -> StagedModel:
+        """A StagedModel from plain torch modules, for backbones that are not timm models.
+
+        ``stages`` is a list (named ``stage0``, ``stage1``, ...) or a ``{name: module}``
+        dict in forward order; the last stage must end in pooled ``[B, num_features]``
+        features (e.g. ``nn.AdaptiveAvgPool2d(1), nn.Flatten()``).  ``weights_source``
+        (what the record says the weights are) defaults to ``weights.label()`` when
+        ``weights`` (the :class:`tlbench.weights.WeightsChoice` given to ``build``) is
+        passed, else ``"random"``.
+        """
+        if isinstance(stages, dict):
+            names, modules = list(stages), list(stages.values())
+        else:
+            modules = list(stages)
+            names = [f"stage{i}" for i in range(len(modules))]
+        model = cls(modules, num_features, names)
+        if weights_source is None:
+            weights_source = weights.label() if weights is not None else "random"
+        model.weights_source = weights_source
+        return model
+
     def forward_stages(
         self, x: torch.Tensor, start: int = 0, stop: int | None = None
     ) -> torch.Tensor:

@@ -38,16 +38,30 @@ class Registry:
     items: dict[str, dict[str, Entry]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     load_errors: list[str] = field(default_factory=list)
 
+    # (kind, name) -> the error for a name two plugins registered: raised only when that
+    # name (or its whole kind) is used, so other commands and kinds keep working
+    conflicts: dict[tuple[str, str], str] = field(default_factory=dict)
+
     def add(self, kind: str, spec: Any, plugin: str, version: str = "") -> None:
         existing = self.items[kind].get(spec.name)
         if existing is not None:
-            raise DuplicateNameError(
+            self.conflicts.setdefault(
+                (kind, spec.name),
                 f"{SINGULAR[kind]} {spec.name!r} is registered twice: by plugin "
-                f"{existing.plugin!r} and by plugin {plugin!r}; uninstall or rename one."
+                f"{existing.plugin!r} and by plugin {plugin!r}; uninstall or rename one "
+                f"(or drop one for now: TLBENCH_DISABLE_PLUGINS={plugin}).",
             )
+            return
         self.items[kind][spec.name] = Entry(spec, plugin, version)
 
+    def check_kind(self, kind: str) -> None:
+        """Raise the first duplicate-name error of ``kind``, if any."""
+        for (conflict_kind, _), message in self.conflicts.items():
+            if conflict_kind == kind:
+                raise DuplicateNameError(message)
+
     def names(self, kind: str) -> list[str]:
+        self.check_kind(kind)
         return list(self.items[kind])
 
     def plugin_of(self, kind: str, name: str) -> str:
@@ -64,6 +78,8 @@ class Registry:
     def get(self, kind: str, name: str) -> Any:
         """Return the spec registered as ``name`` or raise a did-you-mean error."""
         base = name.split(":", 1)[0] if kind == "strategies" else name
+        if (kind, base) in self.conflicts:
+            raise DuplicateNameError(self.conflicts[(kind, base)])
         entry = self.items[kind].get(base)
         if entry is None:
             raise UnknownNameError(SINGULAR[kind], base, self.items[kind])
@@ -92,17 +108,71 @@ def _split_list(text: str | Iterable[str], what: str) -> list[str]:
     return parts
 
 
-def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
-    """A fresh manager with the hookspecs and, unless disabled, every entry point.
+BUILTIN_PLUGINS = (
+    ("backbones", "tlbench.builtin.backbones"),
+    ("strategies", "tlbench.builtin.strategies"),
+    ("datasets", "tlbench.builtin.datasets"),
+)
+"""The built-in plugins: also entry points of the tlbench distribution, registered by
+module here so that they load even when entry points are off or the distribution's
+metadata is missing (datasette's DEFAULT_PLUGINS)."""
 
-    Built-ins are entry points of the tlbench distribution itself, so they load
-    exactly like third-party plugins.  ``TLBENCH_LOAD_PLUGINS=0`` skips entry points
-    (tests then register what they need by hand).
+
+@dataclass
+class PluginLoad:
+    """One plugin's load outcome, for ``tlbench plugins``."""
+
+    name: str  # the registered name, <distribution>:<entry point>
+    distribution: str
+    version: str
+    entry_point: str  # "name = module" as declared
+    status: str  # "loaded", "disabled", "failed: <error>", "duplicate (already loaded)"
+
+
+LOADS: dict[str, PluginLoad] = {}
+"""Outcome of every plugin the last get_plugin_manager() considered, by name."""
+
+
+def disabled_plugins() -> set[str]:
+    """``TLBENCH_DISABLE_PLUGINS=name,...``: plugin names (``dist:ep``), entry point
+    names or distribution names that are not loaded (``tlbench`` drops the built-ins)."""
+    text = os.environ.get("TLBENCH_DISABLE_PLUGINS", "")
+    return {part.strip() for part in text.split(",") if part.strip()}
+
+
+def _is_disabled(disabled: set[str], dist: str, ep_name: str) -> bool:
+    return bool(disabled & {dist, ep_name, f"{dist}:{ep_name}"})
+
+
+def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A fresh manager with the hookspecs, the built-ins and, unless disabled, every
+    entry point.
+
+    Built-ins always load (``TLBENCH_DISABLE_PLUGINS=tlbench`` drops them);
+    ``TLBENCH_LOAD_PLUGINS=0`` skips third-party entry points, so tests see only the
+    built-ins and what they register; ``TLBENCH_DISABLE_PLUGINS=a,b`` drops single
+    plugins (by plugin, entry point or distribution name), e.g. one of two that
+    register the same name.
     """
+    import importlib
+
     pm = pluggy.PluginManager("tlbench")
     pm.add_hookspecs(hookspecs)
+    LOADS.clear()
+    disabled = disabled_plugins()
+    from tlbench import __version__
+
+    for ep_name, module in BUILTIN_PLUGINS:
+        name = f"tlbench:{ep_name}"
+        load = PluginLoad(name, "tlbench", __version__, f"{ep_name} = {module}", "loaded")
+        LOADS[name] = load
+        if _is_disabled(disabled, "tlbench", ep_name):
+            load.status = "disabled"
+            continue
+        pm.register(importlib.import_module(module), name=name)
+        _ENTRY_POINT_VERSIONS[name] = f"tlbench {__version__}"
     if load_entry_points and os.environ.get("TLBENCH_LOAD_PLUGINS", "1") != "0":
-        _load_entry_points(pm)
+        _load_entry_points(pm, disabled)
     return pm
 
 
@@ -110,13 +180,23 @@ def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
 _ENTRY_POINT_VERSIONS: dict[str, str] = {}
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> None:
+def _load_entry_points(pm: pluggy.PluginManager, disabled: set[str] = frozenset()) -> None:
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist else "?"
         version = getattr(ep.dist, "version", None) if ep.dist else None
+        name = f"{dist}:{ep.name}"
+        if name in LOADS and dist == "tlbench":
+            continue  # a built-in, registered by module already (or disabled)
+        value = getattr(ep, "value", "?")
+        load = PluginLoad(name, dist, version or "unknown", f"{ep.name} = {value}", "loaded")
+        LOADS[name] = load
+        if _is_disabled(disabled, dist, ep.name):
+            load.status = "disabled"
+            continue
         try:
             plugin = ep.load()
         except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the rest
+            load.status = f"failed: {type(exc).__name__}: {exc}"
             warnings.warn(
                 f"tlbench plugin {ep.name!r} from distribution {dist!r} failed to "
                 f"import and was skipped: {type(exc).__name__}: {exc}",
@@ -125,9 +205,10 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             )
             continue
         if pm.is_registered(plugin):
+            load.status = "duplicate (already loaded)"
             continue
-        pm.register(plugin, name=f"{dist}:{ep.name}")
-        _ENTRY_POINT_VERSIONS[f"{dist}:{ep.name}"] = f"{dist} {version or 'unknown'}"
+        pm.register(plugin, name=name)
+        _ENTRY_POINT_VERSIONS[name] = f"{dist} {version or 'unknown'}"
 
 
 def plugin_version(plugin: Any, name: str) -> str:

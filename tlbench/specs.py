@@ -178,6 +178,9 @@ class DatasetSpec:
     description: str = ""
     class_names: tuple[str, ...] = field(default_factory=tuple)
     default_threshold: float = 95.0
+    # Default split sizes, e.g. {"train": 400, "val": 100, "test": 100}, or one such dict
+    # per profile under "cpu"/"cuda"; a profile uses the smaller (tlbench.sizes).
+    default_sizes: Optional[dict] = None
 
     def classes(self) -> list[str]:
         return list(self.class_names) or [str(i) for i in range(self.num_classes)]

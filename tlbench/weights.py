@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
@@ -20,14 +21,16 @@ class WeightsUnavailable(TlbenchError):
 
 @dataclass(frozen=True)
 class WeightsChoice:
-    """``kind`` is ``imagenet``, ``random`` or ``file`` (then ``path`` is set)."""
+    """``kind`` is ``imagenet``, ``random``, ``file`` (then ``path`` is set),
+    ``pretrain`` (``path`` is the source dataset) or ``pretrained``: the backbone
+    plugin's own checkpoint, whatever it is (recorded as such, never as ImageNet)."""
 
     kind: str
     path: Optional[str] = None
 
     @classmethod
     def parse(cls, text: str) -> WeightsChoice:
-        if text in ("imagenet", "random"):
+        if text in ("imagenet", "random", "pretrained"):
             return cls(text)
         if text.startswith("pretrain:"):
             return cls("pretrain", text.split(":", 1)[1])
@@ -39,11 +42,33 @@ class WeightsChoice:
         if os.path.isfile(text):
             return cls("file", os.path.abspath(text))
         raise TlbenchError(
-            f"--weights {text!r} is neither 'imagenet', 'random' nor an existing file path."
+            f"--weights {text!r} is neither 'imagenet', 'random' nor an existing file path "
+            "(the other kinds: 'pretrained', 'pretrain:<dataset>', per backbone NAME=...)."
         )
 
     def label(self) -> str:
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+
+def parse_weights_option(text: str) -> dict[str, str]:
+    """``--weights``: ``imagenet`` for every backbone, or per backbone
+    ``resnet18=imagenet,tinycnn=/path/w.pt`` (an item without ``NAME=`` sets the
+    default, else ``imagenet``) -> ``{backbone or "": canonical label}``."""
+    choices: dict[str, str] = {"": "imagenet"}
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    for item in items or ["imagenet"]:
+        name, eq, value = item.partition("=")
+        if not eq or os.path.exists(item) or "/" in name:  # a path may hold "="
+            name, value = "", item
+        choices[name] = WeightsChoice.parse(value).label()
+    return choices
+
+
+def weights_for(choices: str | dict[str, str], backbone: str) -> str:
+    """The weights label of ``backbone`` (a plain label applies to every backbone)."""
+    if isinstance(choices, str):
+        return choices
+    return choices.get(backbone, choices[""])
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -91,3 +91,7 @@ def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
             default_threshold=90.0,  # 95% is beyond these budgets (every cell censored)
         )
     )
+    from tlbench.data.torchvision_sets import dataset_specs
+
+    for spec in dataset_specs():  # cifar10, cifar100, svhn, stl10
+        register(spec)

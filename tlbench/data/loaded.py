@@ -25,6 +25,9 @@ class LoadedDataset:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     num_classes: int
+    # An explicit validation split (a folder's val/); None: held out of train (usual).
+    val_images: Optional[torch.Tensor] = None
+    val_labels: Optional[torch.Tensor] = None
     _fingerprint: Optional[str] = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> str:
@@ -34,7 +37,10 @@ class LoadedDataset:
         """
         if self._fingerprint is None:
             digest = hashlib.sha256(f"classes={self.num_classes};".encode())
-            for name in ("train_images", "train_labels", "test_images", "test_labels"):
+            names = ["train_images", "train_labels", "test_images", "test_labels"]
+            if self.val_labels is not None:  # absent: fingerprints as before
+                names += ["val_images", "val_labels"]
+            for name in names:
                 tensor = getattr(self, name).detach().to("cpu").contiguous()
                 digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
                 if tensor.numel():

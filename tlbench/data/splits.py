@@ -83,6 +83,8 @@ def make_splits(
     Validation and the optional test subset use a fixed seed; ``seed`` only picks the
     training subset.  Images stay uint8, labels become int64.
     """
+    if ds.val_labels is not None:  # an explicit val split: --val-size caps it
+        return _with_own_validation(ds, train_size, val_size, test_size, seed)
     rest, val_idx = holdout_validation(ds.train_labels, val_size, FIXED_SEED)
     if train_size is not None:
         _check_size("train", train_size, len(rest), ds.name, f" left after holding out {val_size}")
@@ -94,6 +96,28 @@ def make_splits(
     return Splits(
         *_take(ds.train_images, ds.train_labels, rest),
         *_take(ds.train_images, ds.train_labels, val_idx),
+        *_take(ds.test_images, ds.test_labels, test_idx),
+    )
+
+
+def _with_own_validation(
+    ds: LoadedDataset, train_size: Optional[int], val_size: int, test_size: Optional[int], seed: int
+) -> Splits:
+    """Splits of a dataset with its own validation images (no hold-out from train)."""
+    val_idx = torch.arange(len(ds.val_labels))
+    if val_size < len(val_idx):
+        val_idx = stratified_subsample(ds.val_labels, val_size, FIXED_SEED, what="validation set")
+    rest = torch.arange(len(ds.train_labels))
+    if train_size is not None:
+        _check_size("train", train_size, len(rest), ds.name, "")
+        rest = stratified_subsample(ds.train_labels, train_size, seed, what="train set")
+    test_idx = torch.arange(len(ds.test_labels))
+    if test_size is not None:
+        _check_size("test", test_size, len(test_idx), ds.name, "")
+        test_idx = stratified_subsample(ds.test_labels, test_size, FIXED_SEED, what="test set")
+    return Splits(
+        *_take(ds.train_images, ds.train_labels, rest),
+        *_take(ds.val_images, ds.val_labels, val_idx),
         *_take(ds.test_images, ds.test_labels, test_idx),
     )
 
