@@ -27,6 +27,16 @@ from tlbench.data import sources
 from tlbench.data.idx import write_idx
 from tlbench.weights import WeightsChoice
 
+FAILED_RECORD = {
+    "config_hash": "0123456789abcdef",
+    "status": "failed",
+    "error": "RuntimeError: an earlier run's failure",
+    **{"backbone": "tiny", "strategy": "full", "dataset": "synth", "seed": 0},
+    **{"weights": "imagenet", "device": "cpu", "resolution": 16},
+    "config": {"epochs": 2, "batch_size": 64, "lr": 0.01, "evals_per_epoch": 4},
+}
+"""A schema-valid record of another run directory: a bad-input run must leave it alone."""
+
 
 class NotATensor:
     """A custom class: torch.load(weights_only=True) must refuse to unpickle it."""
@@ -36,9 +46,8 @@ class NotATensor:
 def recorded(tmp_path: Path) -> Path:
     """An output directory with a finished record, plus a leaderboard: must stay as is."""
     output = tmp_path / "results"
-    (output / "t").mkdir(parents=True)
-    record = {"config_hash": "0123456789abcdef", "status": "ok", "backbone": "tiny"}
-    (output / "t" / "records.jsonl").write_text(json.dumps(record) + "\n")
+    (output / "earlier").mkdir(parents=True)
+    (output / "earlier" / "records.jsonl").write_text(json.dumps(FAILED_RECORD) + "\n")
     (tmp_path / "B.md").write_text("# leaderboard\n")
     return tmp_path
 
