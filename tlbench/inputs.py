@@ -16,6 +16,7 @@ from tlbench.errors import TlbenchError
 from tlbench.outputs import benchmarks_problems, join_problems
 from tlbench.outputs import problems as output_problems
 
+DEFAULT_EVALS_PER_EPOCH = 4  # tlbench run's default; tiny runs evaluate at every step instead
 SIZE_OPTIONS = ("epochs", "batch_size", "resolution", "train_size", "val_size", "test_size")
 
 
@@ -96,11 +97,12 @@ def check_run(
 
 
 def check_evals_per_epoch(settings) -> None:
-    """More evaluations per epoch than training steps cannot happen: say so, do not cap."""
+    """More evaluations per epoch than training steps cannot happen: an explicit request
+    for them is an error (the default, 4, is capped to the steps as before)."""
     if settings.train_size is None:
         return  # the whole split: its step count is only known once the data is loaded
     steps = math.ceil(settings.train_size / settings.batch_size)
-    if settings.evals_per_epoch > steps:
+    if settings.evals_per_epoch > max(steps, DEFAULT_EVALS_PER_EPOCH):  # the default: capped
         raise TlbenchError(
             f"--evals-per-epoch {settings.evals_per_epoch} is more than the {steps} training "
             f"steps per epoch (train size {settings.train_size} / batch {settings.batch_size}): "
