@@ -15,7 +15,8 @@ GRID = (0.001, 0.01, 0.1)
 
 
 class GridStrategy:
-    """linear_probe with a grid of three LRs, so the tests stay quick."""
+    """linear_probe with a grid of three LRs, so the tests stay quick: ``probe3`` trains
+    every candidate to the end, ``halve3`` prunes by successive halving."""
 
     from tlbench.hookspecs import hookimpl
 
@@ -23,7 +24,11 @@ class GridStrategy:
     def register_strategies(self, register):
         from tlbench.specs import Phase, StrategySpec
 
-        register(StrategySpec("probe3", "head only", lambda n, a: [Phase("head")], lr_grid=GRID))
+        def head(n, a):
+            return [Phase("head")]
+
+        register(StrategySpec("probe3", "head only", head, lr_grid=GRID, lr_halving=False))
+        register(StrategySpec("halve3", "head only, halving", head, lr_grid=GRID))
 
 
 def test_auto_trains_every_candidate_and_keeps_the_best_on_validation(tiny_plugin, tmp_path):
@@ -87,25 +92,113 @@ def test_fixed_lr_skips_the_search(tiny_plugin, tmp_path):
 
 
 def test_selection_prefers_validation_then_smaller_lr():
-    class Trained:
-        def __init__(self, curve):
-            self.curve = curve
-
-    class Boom(Exception):
-        pass
-
     curves = {0.1: None, 0.01: [(1, 80.0), (2, 90.0)], 0.001: [(1, 85.0), (2, 90.0)]}
-
-    def train(lr):
-        if curves[lr] is None:
-            raise Boom()
-        return Trained(curves[lr])
-
-    trainer, result = lr_search.search([0.1, 0.01, 0.001], 0, train, Boom)
-    assert result.chosen == 0.001 and trainer.curve is curves[0.001]  # tie: best val 90 each
-    assert result.candidates[0].status == "diverged"
+    trainer, result = lr_search.search([0.1, 0.01, 0.001], 0, scripted(curves, Boom), Boom, False)
+    assert result.chosen == 0.001 and trainer.curve == curves[0.001]  # tie: best val 90 each
+    assert result.candidates[0].status == "diverged" and result.halving is None
     with pytest.raises(Boom):
-        lr_search.search([0.1], 0, train, Boom)
+        lr_search.search([0.1], 0, scripted(curves, Boom), Boom)
+
+
+class Boom(Exception):
+    pass
+
+
+def scripted(curves: dict, diverged: type[Exception], steps_per_epoch: int = 2):
+    """``start(lr)`` for lr_search.search: a trainer replaying ``curves[lr]`` (one point
+    per step; None diverges at once) that records how far it was trained."""
+
+    class Scripted:
+        def __init__(self, curve):
+            self.full, self.curve, self.steps_done = curve, [], 0
+            self.steps_per_epoch = steps_per_epoch
+
+        def halfway_eval_step(self):
+            return 2  # every scripted curve has 4 points
+
+        def train(self, until=None):
+            if self.full is None:
+                raise diverged()
+            self.steps_done = len(self.full) if until is None else until
+            self.curve = self.full[: self.steps_done]
+            return self.curve[-1][1]
+
+    return lambda lr: Scripted(curves[lr])
+
+
+def test_halving_prunes_at_the_halfway_point_and_continues_the_survivor():
+    """0.1 leads at half the budget and 0.01 finishes higher than it would have: halving
+    keeps only 0.1 (the best of 3 // 2 = 1 at the rung), trains it on from where it
+    stopped, and records the others as pruned at the rung, never trained further."""
+    curves = {
+        0.1: [(0.5, 70.0), (1, 80.0), (1.5, 82.0), (2, 84.0)],
+        0.01: [(0.5, 60.0), (1, 75.0), (1.5, 88.0), (2, 95.0)],
+        0.001: [(0.5, 50.0), (1, 60.0), (1.5, 70.0), (2, 80.0)],
+    }
+    trainer, result = lr_search.search(list(curves), 0, scripted(curves, Boom), Boom)
+    assert result.chosen == 0.1 and trainer.steps_done == 4 and trainer.curve == curves[0.1]
+    by_lr = {c.lr: c for c in result.candidates}
+    assert by_lr[0.1].status == "ok" and by_lr[0.1].val_accuracy == 84.0
+    assert by_lr[0.1].rung_val_accuracy == 80.0 and by_lr[0.1].epochs_trained == 2.0
+    for lr in (0.01, 0.001):
+        assert by_lr[lr].status == "pruned" and by_lr[lr].val_accuracy is None
+        assert by_lr[lr].epochs_trained == 1.0  # stopped at the rung
+    assert result.halving["kept"] == 1 and result.halving["rung_epochs"] == 1.0
+    record = result.to_record()
+    assert lr_search.SearchResult.from_record(record).halving["kept"] == 1
+    # four candidates keep two; the final choice is among the survivors, on final accuracy
+    curves[0.0001] = [(0.5, 65.0), (1, 78.0), (1.5, 90.0), (2, 99.0)]
+    trainer, result = lr_search.search(list(curves), 0, scripted(curves, Boom), Boom)
+    assert result.halving["kept"] == 2 and result.chosen == 0.0001
+    assert [c.status for c in result.candidates] == ["ok", "pruned", "pruned", "ok"]
+
+
+def test_halving_survives_a_diverging_candidate():
+    curves = {
+        0.1: None,
+        0.01: [(0.5, 60.0), (1, 75.0), (1.5, 88.0), (2, 95.0)],
+        0.001: [(0.5, 50.0), (1, 60.0), (1.5, 70.0), (2, 80.0)],
+    }
+    _, result = lr_search.search(list(curves), 0, scripted(curves, Boom), Boom)
+    assert [c.status for c in result.candidates] == ["diverged", "ok", "pruned"]
+    assert result.chosen == 0.01
+
+
+def test_a_resumed_trainer_trains_exactly_as_one_call(tiny_plugin, tmp_path):
+    """train(until=k) then train() is the same training as train(): same validation
+    curve and the same final weights, bit for bit (what halving relies on)."""
+    runner, cells = tiny_cells_runner(tmp_path, "partial:1", seeds=[0], lr=0.01)
+    torch.manual_seed(0)
+    whole = runner._trainer(cells[0], 32, 0.01)
+    whole.train()
+    torch.manual_seed(0)
+    halves = runner._trainer(cells[0], 32, 0.01)
+    rung = halves.halfway_eval_step()
+    assert 0 < rung < halves.total_steps
+    halves.train(rung)
+    assert halves.steps_done == rung and len(halves.curve) < len(whole.curve)
+    halves.train()
+    assert halves.curve == whole.curve
+    resumed = halves.model.state_dict()
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_auto_with_halving_records_the_pruned_candidates(tiny_plugin, tmp_path):
+    runner, cells = tiny_cells_runner(tmp_path, "halve3", [GridStrategy()], lr=None)
+    (record,) = [runner.run_cell(cell) for cell in runner.finalize(cells)]
+    assert record["status"] == "ok", record.get("error")
+    search = record["lr_search"]
+    statuses = sorted(c["status"] for c in search["candidates"])
+    assert statuses == ["ok", "pruned", "pruned"] and search["halving"]["kept"] == 1
+    winner = next(c for c in search["candidates"] if c["status"] == "ok")
+    assert winner["lr"] == record["lr_chosen"] and record["curve"][-1][1] == winner["val_accuracy"]
+    assert record["config"]["lr_search"] == {
+        "grid": list(GRID), "halving": f"eta={lr_search.HALVING_ETA} at half budget"
+    }  # fmt: skip
+    runner, cells = tiny_cells_runner(tmp_path / "p", "probe3", [GridStrategy()], lr=None)
+    (probe,) = runner.finalize(cells)
+    assert probe.config()["lr_search"]["halving"] == "off"
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "fast", "nan", "12"])
@@ -148,3 +241,32 @@ def test_shared_cache_fill_is_charged_to_every_cell(tiny_plugin, tmp_path):
     assert first["one_time_seconds"]["cache_fill"] > 0
     assert second["one_time_seconds"]["cache_fill"] == 0
     assert second["cache_fill_charged_seconds"] == first["cache_fill_charged_seconds"] > 0
+
+
+def test_the_halving_point_waits_for_the_last_phase(tiny_plugin, tmp_path):
+    """Ranked before its fine-tuning phase starts, two_stage would pick the head's LR: the
+    rung is the validation point nearest half the budget once every phase has begun."""
+    runner, cells = tiny_cells_runner(tmp_path, "two_stage", seeds=[0], lr=0.01)
+    staged = runner._trainer(cells[0], 32, 0.01)
+    last_start = max(staged.phase_boundaries())
+    assert 0 < last_start and last_start < staged.halfway_eval_step() < staged.total_steps
+    runner, cells = tiny_cells_runner(tmp_path, "full", seeds=[0], lr=0.01)
+    whole = runner._trainer(cells[0], 32, 0.01)
+    assert whole.halfway_eval_step() == whole.steps_per_epoch  # 2 epochs: the end of the first
+
+
+def test_no_lr_halving_trains_every_candidate_to_the_end(tiny_plugin, tmp_path):
+    """--no-lr-halving (the committed reference's protocol) is its own configuration."""
+    import dataclasses
+
+    runner, cells = tiny_cells_runner(tmp_path, "halve3", [GridStrategy()], lr=None)
+    slow = [dataclasses.replace(c, settings=dataclasses.replace(c.settings, lr_halving=False))
+            for c in cells]  # fmt: skip
+    (halved,), (record,) = (
+        runner.finalize(cells),
+        [runner.run_cell(c) for c in runner.finalize(slow)],
+    )
+    assert record["config"]["lr_search"]["halving"] == "off"
+    assert record["config_hash"] != halved.config_hash
+    assert [c["status"] for c in record["lr_search"]["candidates"]] == ["ok"] * len(GRID)
+    assert "lr_halving" not in record["config"]

@@ -59,6 +59,7 @@ def check_run(
     ``other`` holds the size options (epochs, batch_size, resolution, train/val/test
     size); options this check does not know are ignored."""
     sizes = {k: other.get(k) for k in SIZE_OPTIONS}
+    sizes.update({k: other[k] for k in ("lr_halving", "schedule") if k in other})
     from tlbench.plan import make_settings, parse_lr, parse_seeds, parse_thresholds
     from tlbench.weights import WeightsChoice
 

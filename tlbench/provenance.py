@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from tlbench import lr_search
 from tlbench.data.loaded import LoadedDataset
 from tlbench.errors import TlbenchError
 from tlbench.plan import Cell
@@ -39,7 +40,12 @@ WEIGHT_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 def cell_provenance(cell: Cell, registry: Registry, loaded: Callable[[str], LoadedDataset]) -> dict:
     """The provenance keys of ``cell``'s config; ``loaded(dataset)`` gives loaded data."""
     backbone = registry.get("backbones", cell.backbone)
+    search = {}
+    if cell.settings.lr is None:  # --lr auto: the grid and pruning rule choose the LR
+        strategy = registry.get("strategies", cell.strategy.partition(":")[0])
+        search = {"lr_search": lr_search.protocol(strategy, cell.settings.lr_halving)}
     return {
+        **search,
         "data": loaded(cell.dataset).fingerprint(),
         "weights_id": weights_identity(cell.weights, backbone, loaded),
         "plugins": {

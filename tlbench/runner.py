@@ -278,9 +278,13 @@ class Runner:
         key = cell.row_hash
         if key in self._lr_choices:
             return self._lr_choices[key], None, 0.0
-        grid = self._strategy(cell).lr_grid
+        spec = self._strategy(cell)
         trainer, search = lr_search.search(
-            grid, cell.seed, lambda lr: self._trained(cell, batch_size, lr), Diverged
+            spec.lr_grid,
+            cell.seed,
+            lambda lr: self._trainer(cell, batch_size, lr),
+            Diverged,
+            halving=lr_search.protocol(spec, cell.settings.lr_halving)["halving"] != "off",
         )
         self._lr_choices[key] = search
         own = next(c.seconds for c in search.candidates if c.lr == search.chosen)
@@ -288,6 +292,12 @@ class Runner:
 
     def _trained(self, cell: Cell, batch_size: int, lr: float) -> CellTrainer:
         """A fresh model for the cell, trained at ``lr`` (validation only, no test)."""
+        trainer = self._trainer(cell, batch_size, lr)
+        trainer.train()
+        return trainer
+
+    def _trainer(self, cell: Cell, batch_size: int, lr: float) -> CellTrainer:
+        """A fresh model for the cell and its (untrained) trainer at ``lr``."""
         splits, _ = self.splits_for(cell)
         model, strategy_arg, strategy = self._model_for(cell)
         phases = strategy.phases(len(model.stages), strategy_arg, cell.settings.epochs)
@@ -306,8 +316,9 @@ class Runner:
             cache_key=self._cache_key(cell, strategy),
             augment=augmentation(cell, self.device.device),
             compile=self.compile_model,
+            schedule=cell.settings.schedule,
         )
-        trainer = CellTrainer(
+        return CellTrainer(
             model,
             phases,
             splits,
@@ -318,8 +329,6 @@ class Runner:
             on_epoch=lambda e, a: self.hooks.epoch_end(cell=cell, epoch=e, val_accuracy=a / 100),
             tuner=self.tuner,
         )
-        trainer.train()
-        return trainer
 
     def _strategy(self, cell: Cell):
         return self.registry.get("strategies", cell.strategy.partition(":")[0])

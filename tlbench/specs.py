@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import nn
 
     from tlbench.data.loaded import LoadedDataset
@@ -105,6 +104,9 @@ class StrategySpec:
     weights: Optional[str] = None
     # Base learning rates ``--lr auto`` chooses from, on validation (tlbench.lr_search).
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
+    # Prune the grid by successive halving at half the budget (tlbench.lr_search); off
+    # for strategies whose whole grid is cheap (a head on cached features).
+    lr_halving: bool = True
 
     def phases(self, num_stages: int, arg: Optional[str], epochs: int) -> list[Phase]:
         """The plan for a cell; ``epochs`` (the budget) goes only to plans that take it.
@@ -179,6 +181,3 @@ class DatasetSpec:
 
     def classes(self) -> list[str]:
         return list(self.class_names) or [str(i) for i in range(self.num_classes)]
-
-
-TensorPair = tuple["torch.Tensor", "torch.Tensor"]

@@ -148,9 +148,7 @@ def lora(num_stages: int, arg: Optional[str]) -> list[Phase]:
     from tlbench.lora import is_lora_param
 
     _int_arg("lora", arg, int(LORA_RANK))
-    return [
-        Phase("lora", train_stages=_all(num_stages), param_filter=is_lora_param, bn="frozen")
-    ]
+    return [Phase("lora", train_stages=_all(num_stages), param_filter=is_lora_param, bn="frozen")]
 
 
 def prepare_lora(model, arg: Optional[str]) -> None:
@@ -165,11 +163,11 @@ STRATEGIES = (
         "backbone frozen (BatchNorm in eval), new head trained",
         linear_probe,
         lr_grid=HEAD_LR_GRID,
+        lr_halving=False,  # head steps on cached features: the whole grid costs seconds
     ),
     StrategySpec(
         "partial",
-        "last k stages + head train, their BatchNorm on batch statistics "
-        "(partial:k, default k=2)",
+        "last k stages + head train, their BatchNorm on batch statistics (partial:k, default k=2)",
         partial,
         default_arg="2",
         lr_grid=PARTIAL_LR_GRID,
