@@ -62,6 +62,7 @@ from tlbench.features import compute_prefix
 from tlbench.plan import Cell, Settings, parse_seeds
 from tlbench.records import load_records
 from tlbench.runner import Runner
+from tlbench.safeio import atomic_write
 from tlbench.weights import WeightsChoice
 
 SCHEMA = 1
@@ -184,7 +185,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, hw) -> dict:
             "fastai": fast,
         }
         path = args.output / f"{stem}.json"
-        _write_atomic(path, json.dumps(result, indent=1, sort_keys=True) + "\n")
+        atomic_write(path, json.dumps(result, indent=1, sort_keys=True) + "\n")
         log.info("wrote %s (%.0f s)", path, timings["total_seconds"])
         log.info("%s", summary_line(result))
         return result
@@ -193,16 +194,6 @@ def run_dataset(dataset: str, args: argparse.Namespace, hw) -> dict:
         handler.close()
         if "stem" in locals():
             os.replace(stem_tmp, args.output / f"{stem}.log")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Temp file, fsync, rename: a crash never leaves a half-written result."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def settings_from(config: dict) -> Settings:

@@ -27,6 +27,16 @@ from tlbench.data import sources
 from tlbench.data.idx import write_idx
 from tlbench.weights import WeightsChoice
 
+FAILED_RECORD = {
+    "config_hash": "0123456789abcdef",
+    "status": "failed",
+    "error": "RuntimeError: an earlier run's failure",
+    **{"backbone": "tiny", "strategy": "full", "dataset": "synth", "seed": 0},
+    **{"weights": "imagenet", "device": "cpu", "resolution": 16},
+    "config": {"epochs": 2, "batch_size": 64, "lr": 0.01, "evals_per_epoch": 4},
+}
+"""A schema-valid record of another run directory: a bad-input run must leave it alone."""
+
 
 class NotATensor:
     """A custom class: torch.load(weights_only=True) must refuse to unpickle it."""
@@ -36,9 +46,8 @@ class NotATensor:
 def recorded(tmp_path: Path) -> Path:
     """An output directory with a finished record, plus a leaderboard: must stay as is."""
     output = tmp_path / "results"
-    (output / "t").mkdir(parents=True)
-    record = {"config_hash": "0123456789abcdef", "status": "ok", "backbone": "tiny"}
-    (output / "t" / "records.jsonl").write_text(json.dumps(record) + "\n")
+    (output / "earlier").mkdir(parents=True)
+    (output / "earlier" / "records.jsonl").write_text(json.dumps(FAILED_RECORD) + "\n")
     (tmp_path / "B.md").write_text("# leaderboard\n")
     return tmp_path
 
@@ -78,6 +87,7 @@ def rejects(recorded: Path, args: list[str], *fragments: str) -> str:
         ("--backbones", "tinny", ["unknown backbone 'tinny'", "Did you mean 'tiny'?", "resnet18"]),
         ("--strategies", "ful", ["unknown strategy 'ful'", "Did you mean 'full'?"]),
         ("--strategies", "partial:x", ["strategy partial:x is invalid", "e.g. partial:2"]),
+        ("--strategies", "partial:\u00b2", ["strategy partial:\u00b2 is invalid"]),
         ("--datasets", "synt", ["unknown dataset 'synt'", "Did you mean 'synth'", "mnist"]),
         ("--backbones", "tiny,,resnet18", ["malformed backbone list 'tiny,,resnet18'", "'a,b'"]),
         ("--backbones", ",", ["malformed backbone list ','", "no empty items"]),
@@ -109,6 +119,13 @@ def test_unknown_names_and_malformed_lists(tiny_plugin, recorded, flag, value, f
         ("--threshold", "mnist=90", "names dataset 'mnist', which is not in this run (synth)"),
         ("--seeds", "0", "a seed count must be between 1 and 100"),
         ("--seeds", "-1,2", "non-negative integers"),
+        ("--head-hidden", "-1", "--head-hidden -1 is out of range: accepted 0..65536"),
+        ("--val-size", "0", "--val-size 0 is out of range: accepted 1..10000000"),
+        ("--seeds", "1" + "0" * 22, "non-negative integers up to 4294967295"),
+        ("--seeds", "0,1" + "0" * 22, "non-negative integers up to 4294967295"),
+        ("--threshold", "synth=90,synth=50", "sets dataset 'synth' twice"),
+        ("--threshold", "90,50", "gives two thresholds for every dataset"),
+        ("--evals-per-epoch", "100", "--evals-per-epoch 100 is more than the 4 training steps"),
         ("--epochs", "three", "Invalid value for '--epochs'"),
         ("--epoch", "3", "No such option: --epoch"),
     ],
@@ -246,3 +263,50 @@ def test_good_weights_file_runs(tiny_plugin, tmp_path, monkeypatch):
     by_weights = {json.loads(line)["weights"]: json.loads(line) for line in records}
     assert by_weights[f"file:{path}"]["weights_source"] == f"file:{path}"
     assert by_weights[f"file:{path}"]["status"] == "ok"
+
+
+# ---------------------------------------------------------------- oversized weights files
+
+
+def sparse_file(path: Path) -> None:
+    with open(path, "wb") as handle:
+        handle.truncate(300 * 2**20)  # 300 MiB on paper, nothing on disk
+
+
+def inflating_zip(path: Path) -> None:
+    """A torch-style zip whose one entry inflates to 320 MiB of zeros (a few KiB on disk)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data/0", "w", force_zip64=True) as entry:
+            block = bytes(16 * 2**20)
+            for _ in range(20):
+                entry.write(block)
+
+
+@pytest.mark.parametrize("make", [sparse_file, inflating_zip], ids=["large", "inflating"])
+def test_oversized_weights_file_is_refused_before_loading(
+    tiny_plugin, recorded, tmp_path, monkeypatch, make
+):
+    import tlbench.weights
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("torch.load was called on an oversized file")
+
+    monkeypatch.setattr(tlbench.weights, "_torch_load_safely", must_not_load)
+    path = tmp_path / "big.pth"
+    make(path)
+    line = rejects(
+        recorded, TINY_RUN + RESNET + ["--weights", str(path)], f"--weights {path}", "MiB"
+    )
+    assert "more than the" in line and "not loaded" in line
+
+
+def test_torch_advice_to_load_unsafely_is_never_passed_on():
+    from tlbench.weights import _without_unsafe_advice
+
+    text = (
+        "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` "
+        "will likely succeed. Unsupported operand 149\nmore"
+    )
+    assert _without_unsafe_advice(text) == "Weights only load failed. Unsupported operand 149"

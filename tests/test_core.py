@@ -45,11 +45,26 @@ def test_per_class_scores_hand_computed():
     assert scores["support"] == [2, 2, 1]
 
 
+def minimal_record(config_hash: str) -> dict:
+    """The least an ``ok`` record must hold to validate (tlbench/schema.py)."""
+    identity = {"backbone": "b", "strategy": "s", "dataset": "d", "seed": 0, "weights": "random"}
+    return {
+        **identity,
+        "config_hash": config_hash,
+        "status": "ok",
+        "device": "cpu",
+        "resolution": 16,
+        "config": {"epochs": 1, "batch_size": 1, "lr": 0.01, "evals_per_epoch": 1},
+        **{"final_accuracy": 50.0, "epoch_budget": 1, "epochs_to_threshold": None},
+        "trainable_params": 1,
+    }
+
+
 def test_records_survive_a_torn_line(tmp_path):
-    append_record(tmp_path, {"config_hash": "a", "status": "ok"})
+    append_record(tmp_path, minimal_record("a"))
     with open(tmp_path / "records.jsonl", "ab") as handle:
         handle.write(b'{"config_hash": "b", "sta')  # a crash mid-write
-    append_record(tmp_path, {"config_hash": "c", "status": "ok"})
+    append_record(tmp_path, minimal_record("c"))
     with pytest.warns(UserWarning, match=r"records.jsonl:2"):
         loaded = load_records(tmp_path)
     assert [r["config_hash"] for r in loaded] == ["a", "c"]

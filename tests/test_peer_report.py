@@ -144,7 +144,9 @@ def test_longer_linear_probe_records_explain_a_probe_miss(tmp_path):
     run.mkdir()
     base = {"status": "ok", "strategy": "linear_probe", "dataset": "mnist", "resolution": 64}
     base.update(backbone="efficientnet_lite0", weights="imagenet", config_hash="x")
-    config = {"train_size": 2000, "lr": "auto", "epochs": 10}
+    base.update(device="cpu", epoch_budget=10, epochs_to_threshold=None, trainable_params=1)
+    config = {"train_size": 2000, "lr": "auto", "epochs": 10, "batch_size": 64}
+    config["evals_per_epoch"] = 4
     for seed, acc in ((0, 91.0), (1, 90.6), (7, 10.0)):  # seed 7 is not a peer seed
         append_record(run, {**base, "seed": seed, "final_accuracy": acc, "config": config})
     other = {**base, "seed": 0, "final_accuracy": 1.0, "dataset": "fashion", "config": config}

@@ -296,7 +296,8 @@ def test_extras_package_installs_lists_runs_and_uninstalls(layered_venv, tmp_pat
     assert "tlbench-extras" not in gone.stdout
     assert not re.search(r"│ (digits|kmnist|head_then_last) ", gone.stdout), gone.stdout
     assert "│ mnist " in gone.stdout and "│ linear_probe " in gone.stdout
-    assert "error: unknown strategy 'head_then_last'" in gone.stderr
+    assert gone.stderr.startswith("error: 2 problems: (1) unknown strategy 'head_then_last'")
+    assert "(2) unknown dataset 'digits'" in gone.stderr  # every problem in one message
 
 
 def test_extras_items_in_process(monkeypatch, tiny_plugin, tmp_path):

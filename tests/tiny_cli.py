@@ -9,7 +9,16 @@ registering the plugin the way ``conftest.tiny_plugin`` does: by wrapping
 - ``TLBENCH_TEST_HANG_AT``: the N-th cell to start hangs at its first epoch end, after
   writing ``hang N`` to the events file, so a test can signal it mid-training.
 
-Leaderboard pictures are not rendered (``cli_helpers.skip_pictures``): seconds per run.
+Leaderboard pictures are not rendered (``cli_helpers.skip_pictures``): seconds per run,
+unless ``TLBENCH_TEST_PICTURES=1``.  Faults for ``test_safe_outputs.py``:
+
+- ``TLBENCH_TEST_HANG_IN``: ``plan`` (while the cells are planned), ``leaderboard`` (while
+  its pictures are rendered) or ``replace`` (the leaderboard's temporary file is written,
+  not yet renamed): writes ``hang <where>`` to the events file and waits for a signal;
+- ``TLBENCH_TEST_FILL``: a file that, when a cell starts, grows until its filesystem is
+  full (a real full disk on a small tmpfs);
+- ``TLBENCH_TEST_SHORT_WRITE=1``: the disk is "full" from the start: the first
+  ``os.write`` to a regular file writes half its bytes, every later one fails ENOSPC.
 """
 
 from __future__ import annotations
@@ -42,6 +51,13 @@ class EventsPlugin:
     def cell_started(self, cell):
         self.started += 1
         self._log(f"start {self.started} {cell.strategy}")
+        if os.environ.get("TLBENCH_TEST_FILL"):
+            fill(Path(os.environ["TLBENCH_TEST_FILL"]))
+
+    def hang(self, where: str) -> None:
+        self._log(f"hang {where}")
+        while True:
+            time.sleep(0.05)
 
     @hookimpl
     def epoch_end(self, cell, epoch, val_accuracy):
@@ -71,11 +87,60 @@ def install() -> None:
         return pm
 
     tlbench.registry.get_plugin_manager = with_test_plugins
-    try:
+    if os.environ.get("TLBENCH_TEST_PICTURES") != "1":
         from tlbench import plots
-    except ImportError:
-        return
-    plots.render_all = lambda *args, **kwargs: None
+
+        plots.render_all = lambda *args, **kwargs: None
+    install_faults(plugins[1][0], os.environ.get("TLBENCH_TEST_HANG_IN", ""))
+    if os.environ.get("TLBENCH_TEST_SHORT_WRITE") == "1":
+        os.write = short_writes(os.write)
+
+
+def install_faults(events: EventsPlugin, where: str) -> None:
+    import tlbench.plots
+    import tlbench.runner
+
+    if where == "plan":
+        tlbench.runner.Runner.finalize = lambda self, cells: events.hang("plan")
+    elif where == "leaderboard":
+        tlbench.plots.render_all = lambda *args, **kwargs: events.hang("leaderboard")
+    elif where == "replace":
+        real = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if str(dst).endswith(".md"):
+                events.hang("replace")
+            return real(src, dst, *args, **kwargs)
+
+        os.replace = replace
+
+
+def short_writes(real):
+    """A full disk: one short write to a regular file, then ENOSPC for every later one."""
+    import errno
+    import stat
+
+    state = {"short": True}
+
+    def write(fd, data):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return real(fd, data)
+        if state.pop("short", False) and len(data) > 1:
+            return real(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return write
+
+
+def fill(path: Path) -> None:
+    """Grow ``path`` until its filesystem has no space left."""
+    with open(path, "ab", buffering=0) as handle:
+        block = b"\0" * 4096
+        try:
+            while True:
+                handle.write(block)
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":

@@ -69,7 +69,8 @@ class RandomShift:
         from tlbench.errors import TlbenchError
 
         kind, _, arg = spec.partition(":")
-        if kind != "shift" or not (arg or "2").isdigit() or not 0 < int(arg or "2") <= 64:
+        digits = (arg or "2").isascii() and (arg or "2").isdigit()
+        if kind != "shift" or not digits or not 0 < int(arg or "2") <= 64:
             raise TlbenchError(
                 f"--augment {spec!r} is not supported: use shift or shift:N (N in 1..64 "
                 "pixels of the raw image), or none."

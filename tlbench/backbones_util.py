@@ -308,7 +308,7 @@ def load_file_weights(model: nn.Module, staged: StagedModel, path: str, name: st
     Classifier/head entries are ignored (tlbench attaches a fresh head); anything else
     that is missing, unexpected or mis-shaped is an error naming the keys.
     """
-    state = convert_torchvision_vgg(read_state_dict(path))
+    state = convert_torchvision_vgg(read_state_dict(path, weights_cap(model)))
     if any(key.startswith("stages.") for key in state):
         target, ignored = staged, ("head.",)
     else:
@@ -319,6 +319,13 @@ def load_file_weights(model: nn.Module, staged: StagedModel, path: str, name: st
     if problems:
         raise TlbenchError(f"--weights {path} does not fit backbone {name}: {problems}")
     target.load_state_dict(state, strict=False)
+
+
+def weights_cap(model: nn.Module) -> int:
+    """The most a weights file for ``model`` may load: twice its own state dict plus
+    64 MiB (optimizer-free checkpoints, a classifier of another width, zip overhead)."""
+    own = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 2 * own + 64 * 2**20
 
 
 def _mismatches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:

@@ -38,6 +38,7 @@ from tlbench.flops import ModelFlops, Peak, matmul_peak, model_flops, train_step
 from tlbench.naive import NaiveResult, NaiveSettings, run_naive, seed_transform
 from tlbench.plan import Cell, make_settings
 from tlbench.runner import Runner
+from tlbench.safeio import atomic_write
 from tlbench.train import phase_starts
 from tlbench.weights import WeightsChoice, WeightsUnavailable
 
@@ -380,5 +381,4 @@ def result_filename(result: dict) -> str:
 def save(result: dict, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / result_filename(result)
-    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    return path
+    return atomic_write(path, json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -12,13 +12,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tlbench import leaderboard
+from tlbench import interrupts, leaderboard
 from tlbench import registry as plugin_registry
 from tlbench.cells import Choices, expand
 from tlbench.contract import check_cells
 from tlbench.data.folder import add_folder_datasets
 from tlbench.device import resolve_device
 from tlbench.errors import Interrupted, TlbenchError, TlbenchWarning
+from tlbench.inputs import check_run
 from tlbench.plan import (
     DEFAULT_SEEDS,
     Cell,
@@ -52,7 +53,7 @@ DEFAULT_DATASETS = "mnist,fashion"
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), interrupts.handled():
             warnings.showwarning = _OneLineWarnings(warnings.showwarning)
             code = app(standalone_mode=False)  # typer.Exit(n) comes back as n here
     except Interrupted as exc:  # SIGINT/SIGTERM: finished records kept, say how to resume
@@ -167,6 +168,7 @@ def run(
     registry = plugin_registry.collect(pm)
     hw = resolve_device(device)
     datasets = add_folder_datasets(registry, datasets, skip_bad_images)  # folder:NAME=PATH
+    check_run(registry, hw.is_cuda, **_options(locals()))  # every bad option in one message
     names = {
         kind: registry.resolve_list(kind, text)
         for kind, text in (
@@ -233,6 +235,11 @@ def run(
     _report(outcome, directory, path)
     if outcome.failed:
         raise typer.Exit(1)
+
+
+def _options(given: dict) -> dict:
+    """``run``'s own options, by name, for :func:`tlbench.inputs.check_run`."""
+    return {k: v for k, v in given.items() if k not in ("pm", "registry", "hw")}
 
 
 def _execute(runner: Runner, cells: list[Cell], blocked: dict, force: bool):

@@ -51,8 +51,12 @@ class Interrupted(BaseException):
     ``except Exception`` cannot mistake it for a failed cell.  Exit code 128 + signal.
     """
 
+    raised = 0  # how many were raised in this command (tlbench.interrupts ignores more)
+
     def __init__(self, signum: int):
         import signal
+
+        Interrupted.raised += 1
 
         self.signum = signum
         self.signame = signal.Signals(signum).name

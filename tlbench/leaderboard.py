@@ -7,15 +7,19 @@ pictures it links are rendered from the same records into ``results/<run>/plots/
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 from urllib.parse import quote
 
 import pandas as pd
 
-from tlbench import plots
+from tlbench import interrupts, plots
+from tlbench import markdown as md
+from tlbench.errors import TlbenchWarning
 from tlbench.peer_report import peer_section
 from tlbench.records import Record, discover_runs, latest_by_hash, load_records
+from tlbench.safeio import UnsafePathError, atomic_write
 from tlbench.stats import (
     BOOTSTRAP_RESAMPLES,
     MIN_SEEDS_FOR_VERDICT,
@@ -80,12 +84,19 @@ def performance_section(output: str | Path) -> list[str]:
 
 
 def write(output: str | Path, path: str | Path) -> Path:
-    """Render every run's pictures, then write the markdown that links them."""
-    for directory, records in _runs(output):
-        plots.render_all(directory, records)
-    target = Path(path)
-    target.write_text(build(output, target))
-    return target
+    """Render every run's pictures, then write the markdown that links them; each file
+    is replaced whole (``safeio.atomic_write``), so an interruption keeps the old one."""
+    with interrupts.phase("while writing the leaderboard", KEPT):
+        for directory, records in _runs(output):
+            plots.render_all(directory, records)
+        target = Path(path)
+        return atomic_write(target, build(output, target))
+
+
+KEPT = (
+    "every record is kept, and BENCHMARKS.md and each picture are replaced whole, so "
+    "those not yet rewritten are the previous ones, unchanged"
+)
 
 
 def is_stale(output: str | Path, path: str | Path) -> bool:
@@ -102,13 +113,21 @@ def is_stale(output: str | Path, path: str | Path) -> bool:
 
 def _runs(output: str | Path) -> Iterator[tuple[Path, list[Record]]]:
     for directory in discover_runs(output):
-        records = latest_by_hash(load_records(directory))
+        try:
+            records = latest_by_hash(load_records(directory))
+        except UnsafePathError as exc:  # a symlink, FIFO or directory: reported, not read
+            warnings.warn(f"skipped run {directory}: {exc}", SkippedRunWarning, stacklevel=2)
+            continue
         if records:
             yield directory, records
 
 
+class SkippedRunWarning(TlbenchWarning):
+    """A run directory whose records file cannot be read safely; the rest is rendered."""
+
+
 def run_section(directory: Path, records: list[Record], links_from: Path) -> str:
-    lines = [f"## Run `{directory.name}`\n", *run_header(records), ""]
+    lines = [f"## Run {md.code(directory.name)}\n", *run_header(records), ""]
     rows = group_rows(records)
     pictures = plots.pictures(records)
     for dataset in dict.fromkeys(r.dataset for r in rows):
@@ -117,7 +136,7 @@ def run_section(directory: Path, records: list[Record], links_from: Path) -> str
             _format_number(r.get("threshold", 95.0)) for row in mine for r in row.records
         )
         threshold = thresholds[0] if len(thresholds) == 1 else "X"  # per row: settings column
-        lines += [f"### {dataset}\n", dataset_table(mine, threshold), ""]
+        lines += [f"### {md.text(dataset)}\n", dataset_table(mine, threshold), ""]
         paired = paired_table(mine)
         if paired:
             lines += [f"Paired comparison with `{BASELINE}` (final test accuracy):\n", paired, ""]
@@ -130,20 +149,22 @@ def run_header(records: list[Record]) -> list[str]:
     ok = [r for r in records if r.get("status") == "ok"] or records
     config = ok[0]["config"]
     sizes = _unique(
-        f"{r['dataset']}: train {r['split_sizes']['train']} / val "
+        f"{md.text(r['dataset'])}: train {r['split_sizes']['train']} / val "
         f"{r['split_sizes']['val']} / test {r['split_sizes']['test']}"
         for r in ok
         if "split_sizes" in r
     )
-    sources = _unique(f"{r['dataset']}: {r['data_source']}" for r in ok if "data_source" in r)
+    sources = _unique(
+        f"{md.text(r['dataset'])}: {md.text(r['data_source'])}" for r in ok if "data_source" in r
+    )
     weights = _unique(
-        f"{r['backbone']} ({r['weights']}): {r['weights_source']}"
+        f"{md.text(r['backbone'])} ({md.text(r['weights'])}): {md.text(r['weights_source'])}"
         for r in ok
         if "weights_source" in r
     )
     versions = ok[0].get("versions", {})
     lines = [
-        f"- Device: {', '.join(_unique(r['device'] for r in ok))}",
+        f"- Device: {', '.join(_unique(md.text(r['device']) for r in ok))}",
         f"- Settings: {config['epochs']} epochs, batch {config['batch_size']}, Adam lr "
         f"{_lr_setting(config['lr'], ok)}, "
         f"resolution {_unique_join(r['resolution'] for r in ok)} px, "
@@ -154,7 +175,8 @@ def run_header(records: list[Record]) -> list[str]:
         f"- Weights: {'; '.join(weights)}",
     ]
     pretrained = _unique(
-        f"{r['backbone']} on {r['pretrain_source']}: {r['pretrain_source_accuracy']:.2f}% "
+        f"{md.text(r['backbone'])} on {md.text(r['pretrain_source'])}: "
+        f"{r['pretrain_source_accuracy']:.2f}% "
         "source test accuracy"
         for r in ok
         if "pretrain_source" in r
@@ -164,7 +186,10 @@ def run_header(records: list[Record]) -> list[str]:
             "- Source pretraining (`full` from random init, same settings): "
             + "; ".join(pretrained)
         )
-    lines.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    lines.append(
+        "- Versions: "
+        + ", ".join(f"{md.text(k)} {md.text(v)}" for k, v in sorted(versions.items()))
+    )
     return lines
 
 
@@ -209,11 +234,11 @@ def table_row(row: RowGroup, threshold: str, shown: Optional[list[str]] = None) 
     epochs = _epochs(ok)
     config = flatten(row.config)
     return {
-        "backbone": row.backbone,
-        "strategy": row.strategy,
-        "weights": row.weights,
-        "settings": ", ".join(f"{k}={_setting(config.get(k))}" for k in shown or ()),
-        "BN": _bn(ok),
+        "backbone": md.text(row.backbone),
+        "strategy": md.text(row.strategy),
+        "weights": md.text(row.weights),
+        "settings": md.text(", ".join(f"{k}={_setting(config.get(k))}" for k in shown or ())),
+        "BN": md.text(_bn(ok)),
         "LR": _lr(ok),
         f"epochs to {threshold}% ↓": format_censored(epochs) if epochs else "–",
         "epochs 95% CI": format_ci(epochs.summary, 2) if epochs else "–",
@@ -264,11 +289,11 @@ def paired_table(rows: list[RowGroup]) -> Optional[str]:
         config = flatten(row.config)
         lines.append(
             {
-                "backbone": row.backbone,
-                "strategy": row.strategy,
-                "weights": row.weights,
-                "settings": ", ".join(f"{k}={_setting(config.get(k))}" for k in shown),
-                "vs": f"{BASELINE} [{base.weights}]",
+                "backbone": md.text(row.backbone),
+                "strategy": md.text(row.strategy),
+                "weights": md.text(row.weights),
+                "settings": md.text(", ".join(f"{k}={_setting(config.get(k))}" for k in shown)),
+                "vs": f"{BASELINE} [{md.text(base.weights)}]",
                 "Δ acc pp (mean ± std)": _signed_mean_std(diff),
                 "95% CI": format_ci(diff, 2, signed=True, mark_t=True),
                 "paired seeds": str(diff.n),
@@ -353,7 +378,7 @@ def _epochs(ok: list[dict]):
 def _image(picture: plots.Picture, directory: Path, links_from: Path) -> str:
     target = (directory / picture.filename).resolve()
     relative = Path(os.path.relpath(target, links_from)).as_posix()
-    return f"![{picture.title}]({quote(relative)})"
+    return f"![{md.text(picture.title)}]({quote(relative)})"
 
 
 def _params(ok: list[dict]) -> str:

@@ -33,6 +33,7 @@ CUDA_PROFILE = {
     "batch_size": 256,
 }
 DEFAULT_THRESHOLD = 95.0  # for datasets whose spec declares none (DatasetSpec's default)
+MAX_SEED = 2**32 - 1  # what numpy and torch seed generators accept
 DEFAULT_SEEDS = 3  # both profiles: a verdict needs >= 3 paired seeds (README "Statistics")
 
 
@@ -111,10 +112,10 @@ def parse_seeds(text: str) -> list[int]:
         parts = [int(p) for p in str(text).split(",") if p.strip()]
     except ValueError:
         parts = []
-    if not parts or any(p < 0 for p in parts):
+    if not parts or any(not 0 <= p <= MAX_SEED for p in parts):
         raise TlbenchError(
             f"--seeds {text!r} is invalid: give a count like 3 or a list like 0,5,7 "
-            "(non-negative integers)."
+            f"(non-negative integers up to {MAX_SEED})."
         )
     if "," not in str(text):
         if parts[0] < 1 or parts[0] > 100:
@@ -142,8 +143,16 @@ def parse_thresholds(
                     f"--threshold {part!r} names dataset {name!r}, which is not in this "
                     f"run ({', '.join(datasets)})."
                 )
+            if name in overrides:
+                raise TlbenchError(
+                    f"--threshold {text!r} sets dataset {name!r} twice; give each dataset once."
+                )
             overrides[name] = number
         else:
+            if default is not None:
+                raise TlbenchError(
+                    f"--threshold {text!r} gives two thresholds for every dataset; give one."
+                )
             default = number
     own = defaults or {}
     fallback = {d: own.get(d, DEFAULT_THRESHOLD) if default is None else default for d in datasets}
@@ -164,24 +173,33 @@ def _percent(value: str, part: str) -> float:
 
 
 def check_ranges(settings: Settings) -> None:
-    """Reject settings that cannot make a meaningful cell, before anything runs."""
+    """Reject settings that cannot make a meaningful cell, before anything runs: one
+    TlbenchError naming every setting out of range."""
     checks = [
         (settings.epochs, "--epochs", 1, 1000),
         (settings.batch_size, "--batch-size", 1, 65536),
         (settings.evals_per_epoch, "--evals-per-epoch", 1, 100),
+        (settings.head_hidden, "--head-hidden", 0, 65536),
+        (settings.val_size, "--val-size", 1, 10_000_000),
     ]
     if settings.resolution is not None:
         checks.append((settings.resolution, "--resolution", 16, 1024))
     if settings.train_size is not None:
         checks.append((settings.train_size, "--train-size", 10, 10_000_000))
-    for value, flag, low, high in checks:
-        if not low <= value <= high:
-            raise TlbenchError(f"{flag} {value} is out of range: accepted {low}..{high}.")
+    if settings.test_size is not None:
+        checks.append((settings.test_size, "--test-size", 1, 10_000_000))
+    problems = [
+        f"{flag} {value} is out of range: accepted {low}..{high}."
+        for value, flag, low, high in checks
+        if not low <= value <= high
+    ]
     if settings.lr is not None and not 0 < settings.lr < 10:
-        raise TlbenchError(f"--lr {settings.lr} is out of range: accepted auto or 0 < lr < 10.")
+        problems.append(f"--lr {settings.lr} is out of range: accepted auto or 0 < lr < 10.")
     if settings.schedule not in SCHEDULES:
         accepted = ", ".join(SCHEDULES)
-        raise TlbenchError(f"--schedule {settings.schedule!r} is unknown: accepted {accepted}.")
+        problems.append(f"--schedule {settings.schedule!r} is unknown: accepted {accepted}.")
+    if problems:
+        raise TlbenchError(" ".join(problems))
     if settings.augment != "none":
         import torch
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from tlbench.safeio import atomic_write
 from tlbench.stats import RowGroup, group_rows
 
 PLOT_DIR = "plots"  # under results/<run>/
@@ -109,7 +110,11 @@ def render(picture: Picture, directory: Path) -> Path:
         fig = Figure(figsize=_size(picture), layout="constrained")
         FigureCanvasAgg(fig)
         DRAW[picture.kind](fig, picture)
-        fig.savefig(path, dpi=DPI, metadata={"Software": None})
+        # rendered in memory, then replaced whole: never a truncated PNG
+        atomic_write(
+            path,
+            lambda handle: fig.savefig(handle, format="png", dpi=DPI, metadata={"Software": None}),
+        )
     return path
 
 

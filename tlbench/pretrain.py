@@ -25,6 +25,7 @@ from tlbench.adapt import BatchAdapter
 from tlbench.errors import TlbenchError
 from tlbench.model import StagedModel
 from tlbench.plan import Cell
+from tlbench.safeio import atomic_write
 from tlbench.specs import Phase
 from tlbench.train import CellTrainer, Diverged, TrainConfig
 from tlbench.weights import WeightsChoice
@@ -136,7 +137,7 @@ def train_source(runner: Runner, cell: Cell, path: Path) -> None:
             "try a lower --lr."
         ) from None
     state = {k: v.detach().cpu() for k, v in model.stages.state_dict().items()}
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
     info = {
         "key": cache_key(cell),
         "source": source.dataset,
@@ -150,7 +151,7 @@ def train_source(runner: Runner, cell: Cell, path: Path) -> None:
         "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     text = json.dumps(info, indent=1, sort_keys=True).encode()
-    _atomic_write(path.with_suffix(".json"), lambda f: f.write(text))
+    atomic_write(path.with_suffix(".json"), text)
 
 
 def _random_backbone(runner: Runner, cell: Cell) -> StagedModel:
@@ -182,15 +183,3 @@ def _config(runner: Runner, cell: Cell, dataset) -> TrainConfig:
         augment=augmentation(cell, runner.device.device),
         compile=getattr(runner, "compile_model", False),
     )
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write to a temporary file and rename: a crash never leaves a half checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

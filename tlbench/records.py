@@ -1,8 +1,9 @@
 """The one results schema and the append-only store that holds it.
 
-``results/<run>/records.jsonl`` gets one JSON object per finished cell.  Each record is
-written with a single ``write`` on an ``O_APPEND`` descriptor and fsynced, so a crash
-leaves at worst one partial last line, which loading reports and skips.
+``results/<run>/records.jsonl`` gets one JSON object per finished cell, validated
+against ``tlbench.schema`` and appended whole or not at all (``tlbench.safeio``): a
+``kill -9`` mid-write leaves at worst one partial last line, which loading reports and
+skips, like any line that does not validate.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Optional, TypedDict
 
 from tlbench.errors import TlbenchError, TlbenchWarning
+from tlbench.safeio import append_line, open_regular
+from tlbench.schema import check
 
 RECORDS_FILE = "records.jsonl"
 FINISHED = ("ok", "diverged")  # statuses that resume treats as done
@@ -155,7 +158,11 @@ class CorruptRecordWarning(TlbenchWarning):
 
 
 def run_dir(output: str | os.PathLike, run_name: str) -> Path:
-    return Path(output) / run_name
+    """``output/run_name``, refusing a run name that could leave ``output``."""
+    from tlbench.outputs import check_run_name, inside
+
+    check_run_name(run_name)
+    return inside(Path(output), run_name)
 
 
 def check_writable(directory: Path) -> None:
@@ -170,39 +177,44 @@ def check_writable(directory: Path) -> None:
             f"cannot write results to {directory}: {exc.strerror or exc}; "
             "choose a writable --output directory."
         ) from None
+    from tlbench.outputs import check
+
+    check(directory, None)  # records, lock file, plots/ and tracebacks/ are what they seem
+
+
+class RecordRefused(TlbenchError):
+    """A record that would not read back (NaN, wrong types): not stored; exit code 1."""
+
+    exit_code = 1
 
 
 def append_record(directory: Path, record: Record) -> None:
-    """Append one record as one line, atomically with respect to crashes."""
+    """Append one record as one line: whole, checked and fsynced, or not at all
+    (``tlbench.safeio.append_line``); a record that does not validate is refused."""
+    problem = check(record)
+    if problem is not None:
+        raise RecordRefused(
+            f"refused to store the record of {record.get('backbone')} / "
+            f"{record.get('strategy')} / {record.get('dataset')} / seed {record.get('seed')} "
+            f"in {directory / RECORDS_FILE}: {problem}; every earlier record is kept."
+        )
     line = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode()
-    path = directory / RECORDS_FILE
-    _repair_partial_tail(path)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _repair_partial_tail(path: Path) -> None:
-    """A crash mid-write can leave a last line without newline: end it so the next
-    record starts on its own line (the partial line is then skipped on load)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as handle:
-        handle.seek(-1, os.SEEK_END)
-        if handle.read(1) != b"\n":
-            handle.write(b"\n")
+    append_line(directory / RECORDS_FILE, line)
 
 
 def load_records(directory: Path) -> list[Record]:
-    """Every valid record; a corrupt line is reported (file:line) and skipped."""
+    """Every valid record; a corrupt line or an invalid record is reported (file:line and
+    field) and skipped.  A records file that is a symlink or not a regular file raises
+    ``UnsafePathError`` (never followed, never read: a FIFO would block)."""
     path = directory / RECORDS_FILE
-    if not path.exists():
+    try:
+        fd = open_regular(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
         return []
     records: list[Record] = []
-    with open(path, "rb") as handle:
+    with os.fdopen(fd, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             record = _parse_line(raw, path, number)
             if record is not None:
@@ -215,11 +227,15 @@ def _parse_line(raw: bytes, path: Path, number: int) -> Optional[Record]:
         return None
     try:
         record: Any = json.loads(raw.rstrip(b"\r\n"))  # same message before and after repair
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         _warn_skipped(path, number, f"corrupt JSON ({exc})")
         return None
     if not isinstance(record, dict) or not isinstance(record.get("config_hash"), str):
         _warn_skipped(path, number, "not a record (no config_hash)")
+        return None
+    problem = check(record)
+    if problem is not None:
+        _warn_skipped(path, number, f"an invalid record ({problem})")
         return None
     return record  # type: ignore[return-value]
 

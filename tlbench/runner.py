@@ -20,6 +20,7 @@ import torch
 
 from tlbench import __version__, lr_search
 from tlbench.adapt import BatchAdapter, RandomShift
+from tlbench.claims import CellClaims
 from tlbench.data.loaded import LoadedDataset, Splits
 from tlbench.data.splits import make_splits
 from tlbench.device import DeviceInfo
@@ -30,6 +31,7 @@ from tlbench.plan import Cell
 from tlbench.provenance import cell_provenance, git_state
 from tlbench.records import RECORDS_FILE, Record, append_record, finished_hashes, load_records
 from tlbench.registry import Registry
+from tlbench.safeio import atomic_write
 from tlbench.specs import split_strategy_arg
 from tlbench.train import CellTrainer, Diverged, TrainConfig
 from tlbench.tuning import Tuner
@@ -148,19 +150,24 @@ class Runner:
         records = [] if force else load_records(self.directory)
         done = finished_hashes(records)
         self._lr_choices.update(lr_search.searches_in(records))
-        guard = SignalGuard()
+        guard, claims = SignalGuard(), CellClaims(self.directory)
         try:
             with guard.active():
                 for index, cell in enumerate(cells):
                     if cell.config_hash in done:
                         outcome.already_done.append(cell)
                         continue
-                    self._run_one(cell, index, len(cells), outcome, guard)
+                    with claims.claim(cell) as taken:  # another run on this output has it?
+                        if taken is None:
+                            self._run_one(cell, index, len(cells), outcome, guard)
+                        else:
+                            claims.report(cell, taken, outcome, self.progress)
         except Interrupted as exc:
             exc.message = self._interrupted_message(exc, outcome)
             raise
         finally:
             self._in_flight = None
+            claims.close()
         return outcome
 
     def _run_one(
@@ -434,8 +441,7 @@ class Runner:
         folder = self.directory / "tracebacks"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{cell.config_hash}.txt"
-        path.write_text(traceback.format_exc())
-        return str(path)
+        return str(atomic_write(path, traceback.format_exc()))
 
 
 class OutOfMemory(RuntimeError):

@@ -71,13 +71,17 @@ def weights_for(choices: str | dict[str, str], backbone: str) -> str:
     return choices.get(backbone, choices[""])
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str, max_bytes: Optional[int] = None) -> dict[str, torch.Tensor]:
     """Read a checkpoint as ``{name: tensor}`` without ever running pickled code.
 
     Accepts a raw state dict or a dict holding one under ``state_dict`` or ``model``
     (common training checkpoints) and strips ``module.`` (DataParallel/DDP) and
-    ``_orig_mod.`` (torch.compile) prefixes so the names match a plain model.
+    ``_orig_mod.`` (torch.compile) prefixes so the names match a plain model.  A file
+    that would load more than ``max_bytes`` (on disk, or once its zip entries are
+    inflated) is refused before anything is loaded.
     """
+    if max_bytes is not None:
+        check_size(path, max_bytes)
     obj = _torch_load_safely(path)
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
@@ -108,8 +112,33 @@ def _torch_load_safely(path: str) -> object:
         ) from None
     except Exception as exc:  # torch raises many types for unreadable files
         raise TlbenchError(
-            f"--weights {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})."
+            f"--weights {path}: not a readable PyTorch checkpoint "
+            f"({type(exc).__name__}: {_without_unsafe_advice(str(exc))})."
         ) from exc
+
+
+def _without_unsafe_advice(text: str) -> str:
+    """torch's first line, minus any sentence that suggests ``weights_only=False``."""
+    lines = text.strip().splitlines() or [""]
+    sentences = [s for s in lines[0].split(". ") if "weights_only" not in s]
+    return ". ".join(sentences).rstrip(".") or "refused"
+
+
+def check_size(path: str, max_bytes: int) -> None:
+    """Refuse a checkpoint bigger than ``max_bytes`` on disk or inflated (zip entries'
+    declared sizes), before torch reads a byte of it."""
+    import zipfile
+
+    size = os.path.getsize(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            size = max(size, sum(info.file_size for info in archive.infolist()))
+    if size > max_bytes:
+        raise TlbenchError(
+            f"--weights {path}: would load {size / 2**20:,.1f} MiB, more than the "
+            f"{max_bytes / 2**20:,.1f} MiB this backbone's weights can take; not loaded. "
+            "Is it the checkpoint of another (larger) model?"
+        )
 
 
 def _refusal_reason(exc: Exception) -> str:
@@ -119,8 +148,7 @@ def _refusal_reason(exc: Exception) -> str:
     text = str(exc)
     match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
     reason = (match.group(1) if match else text).strip().splitlines()[0]
-    sentence = reason.split(". ")[0].rstrip(".")
-    return sentence + "."
+    return _without_unsafe_advice(reason.split(". ")[0]) + "."
 
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile

@@ -38,7 +38,7 @@ NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 def _int_arg(name: str, arg: Optional[str], default: int, low: int = 1) -> int:
     text = arg if arg is not None else str(default)
-    if not text.isdigit() or int(text) < low:
+    if not (text.isascii() and text.isdigit()) or int(text) < low:
         raise TlbenchError(
             f"strategy {name}:{text} is invalid: the argument must be an integer >= {low} "
             f"(e.g. {name}:{default})."

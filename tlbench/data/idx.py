@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from tlbench.errors import TlbenchError
+from tlbench.safeio import atomic_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -82,8 +83,7 @@ def write_idx(path: PathLike, array: Union[np.ndarray, torch.Tensor]) -> Path:
     header = struct.pack(f">BBBB{values.ndim}I", 0, 0, UINT8_CODE, values.ndim, *values.shape)
     payload = header + np.ascontiguousarray(values, dtype=np.uint8).tobytes()
     path = Path(path)
-    path.write_bytes(gzip.compress(payload) if path.name.endswith(".gz") else payload)
-    return path
+    return atomic_write(path, gzip.compress(payload) if path.name.endswith(".gz") else payload)
 
 
 def _decompressed_bytes(path: Path) -> bytes:
