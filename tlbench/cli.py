@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tlbench import leaderboard
@@ -16,6 +17,7 @@ from tlbench import registry as plugin_registry
 from tlbench.cells import Choices, expand
 from tlbench.device import resolve_device
 from tlbench.errors import Interrupted, TlbenchError, TlbenchWarning
+from tlbench.executors import Executor, make_executor
 from tlbench.plan import (
     DEFAULT_SEEDS,
     Cell,
@@ -55,7 +57,9 @@ def main() -> None:
         err_console.print(f"[bold yellow]{exc}[/]", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except TlbenchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
@@ -142,8 +146,15 @@ def run(
     ),
     force: bool = typer.Option(False, help="Recompute cells that are already recorded."),
     dry_run: bool = typer.Option(False, help="Print the planned cells and exit."),
+    executor: str = typer.Option(
+        "serial", help="serial (in this process) or ray (a Ray cluster: tlbench[ray])."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, help="--executor ray: auto or host:port of a running cluster [a local runtime]."
+    ),
 ) -> None:
     """Train every cell of the cross-product and write records and the leaderboard."""
+    cell_executor = make_executor(executor, ray_address)
     pm = plugin_registry.get_plugin_manager()
     registry = plugin_registry.collect(pm)
     hw = resolve_device(device)
@@ -199,19 +210,25 @@ def run(
     runner.compile_model = compile_model
     runner.prepare_data([c for c in cells if c not in blocked])
     runner.prepare_models([c for c in cells if c not in blocked])
-    outcome = _execute(runner, cells, blocked, force)
+    pm.hook.run_started(directory=directory, cells=[c for c in cells if c not in blocked])
+    try:
+        outcome = _execute(runner, cells, blocked, force, cell_executor)
+    except Interrupted:
+        pm.hook.run_finished(directory=directory, outcome=None, benchmarks=None)
+        raise
     path = leaderboard.write(output, benchmarks or output / "BENCHMARKS.md")
+    pm.hook.run_finished(directory=directory, outcome=outcome, benchmarks=path)
     console.print(summary_table(outcome))
     _report(outcome, directory, path)
     if outcome.failed:
         raise typer.Exit(1)
 
 
-def _execute(runner: Runner, cells: list[Cell], blocked: dict, force: bool):
+def _execute(runner: Runner, cells: list[Cell], blocked: dict, force: bool, executor: Executor):
     runnable = [c for c in cells if c not in blocked]
     with RichProgress(console, len(runnable)) as progress:
         runner.progress = progress
-        outcome = runner.run(runnable, force=force)
+        outcome = executor.run(runner, runnable, force=force)
     outcome.skipped.extend(blocked.items())
     return outcome
 
