@@ -27,7 +27,7 @@ from cli_helpers import (
 from ray_helpers import WorkerEvents, wait_for_line
 
 from tlbench.executors import RAY_MISSING
-from tlbench.executors.groups import group_cells
+from tlbench.executors.groups import group_cells, group_rows
 from tlbench.plan import Cell, make_settings
 
 TESTS = Path(__file__).parent
@@ -171,6 +171,9 @@ def test_groups_keep_shared_work_on_one_worker(tiny_plugin):
         for row in set(rows):  # the first seed (which searches the LR) first
             assert [c.seed for c in group if c.row_hash == row] == [0, 1]
     assert all(len({c.weights for c in g}) == 1 for g in groups)
+    rows = group_rows(cells)  # the finer grouping: rows, pretrain: still per checkpoint
+    assert [len(g) for g in rows] == [8] + [2] * 8
+    assert all(len({c.row_hash for c in g}) == 1 for g in rows[1:])
 
 
 def test_without_ray_the_ray_executor_is_a_one_line_error(tiny_plugin, monkeypatch, tmp_path):

@@ -36,6 +36,22 @@ def group_cells(cells: list[Cell]) -> list[list[Cell]]:
     return sorted(groups.values(), key=len, reverse=True)
 
 
+def group_rows(cells: list[Cell]) -> list[list[Cell]]:
+    """Finer groups for large clusters: one per leaderboard row (its seeds share the LR
+    choice), ``pretrain:`` cells still per checkpoint.  Strategies of one backbone and
+    dataset then fill their frozen-prefix caches each on their own worker (README, "the
+    scaling model": worth it beyond ~6 GPUs for the headline command).
+    ``TLBENCH_RAY_GROUPING=row`` selects it."""
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        key = group_key(cell) if cell.weights.startswith("pretrain:") else (cell.row_hash,)
+        groups.setdefault(key, []).append(cell)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
+GROUPINGS = {"data": group_cells, "row": group_rows}
+
+
 def per_cell(cells: list[Cell]) -> list[list[Cell]]:
     """Every cell its own group: what ignoring the sharing would do (for measuring it)."""
     return [[cell] for cell in cells]

@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 from tlbench import lr_search
 from tlbench.errors import DataUnavailable, Interrupted, TlbenchError
-from tlbench.executors.groups import group_cells
+from tlbench.executors.groups import GROUPINGS
 from tlbench.plan import Cell
 from tlbench.records import RECORDS_FILE, Record, append_record, finished_hashes, load_records
 from tlbench.runner import Outcome, Progress, Runner, SignalGuard
@@ -77,6 +77,29 @@ def worker_shape(
 
 def _resources_text(cluster: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(cluster.items()) if "node:" not in k)
+
+
+def grouping_from_env() -> Callable[[list[Cell]], list[list[Cell]]]:
+    """``TLBENCH_RAY_GROUPING``: ``data`` (default: per backbone, weights and dataset) or
+    ``row`` (per leaderboard row: more parallel, each strategy fills its own cache)."""
+    name = os.environ.get("TLBENCH_RAY_GROUPING", "data")
+    if name not in GROUPINGS:
+        raise TlbenchError(f"TLBENCH_RAY_GROUPING={name!r} is not one of: {', '.join(GROUPINGS)}.")
+    return GROUPINGS[name]
+
+
+class FlagGuard(SignalGuard):
+    """SIGINT/SIGTERM only set a flag, which the driver's loop checks between Ray calls:
+    an exception raised by a handler inside Ray's C code (``ray.wait``) comes out as a
+    SystemError, not as :class:`Interrupted`.  Records are stored as in SignalGuard."""
+
+    def _handle(self, signum: int, frame) -> None:
+        self._restore()  # a second signal acts at once
+        self._pending = signum
+
+    def check(self) -> None:
+        if self._pending is not None:
+            raise Interrupted(self._pending)
 
 
 class StepCounter(Progress):
@@ -177,10 +200,11 @@ class RayExecutor:
         self,
         address: Optional[str] = None,
         gpu_resource: str = "GPU",
-        grouping: Callable[[list[Cell]], list[list[Cell]]] = group_cells,
+        grouping: Optional[Callable[[list[Cell]], list[list[Cell]]]] = None,
         cuda: Optional[bool] = None,
     ):
-        self.address, self.gpu_resource, self.grouping = address, gpu_resource, grouping
+        self.address, self.gpu_resource = address, gpu_resource
+        self.grouping = grouping or grouping_from_env()
         self.cuda = cuda  # None: as the runner's device (tests force the GPU path)
         self.cpus = int(os.environ.get("TLBENCH_RAY_CPUS_PER_WORKER", "1"))
         self.shape: Optional[WorkerShape] = None  # known once a run starts
@@ -223,7 +247,7 @@ class _Run:
         self.slots: list[Slot] = []
         self.index: dict[str, int] = {}
         self.total = 0
-        self.guard = SignalGuard()
+        self.guard = FlagGuard()
 
     def run(self, cells: list[Cell]) -> Outcome:
         cells = self.runner.finalize(cells)
@@ -242,6 +266,7 @@ class _Run:
             with self.guard.active():
                 self._start_workers()
                 self._loop()
+                self.guard.check()
         except Interrupted as exc:
             exc.message = self._interrupted_message(exc)
             raise
@@ -299,6 +324,7 @@ class _Run:
             for ref in ready:
                 self._collect(busy[ref])
             self._poll_steps()
+            self.guard.check()
 
     def _collect(self, slot: Slot) -> None:
         cell, ref = slot.cell, slot.ref
