@@ -18,9 +18,15 @@ def synth_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_plugin(synth_dir, monkeypatch):
     """Registers the tiny test plugin for every plugin manager made during the test."""
+    yield register_tiny(monkeypatch, synth_dir)
+
+
+def register_tiny(monkeypatch: pytest.MonkeyPatch, synth: Path) -> TinyPlugin:
+    """The tiny plugin (data in ``synth``) in every plugin manager made from now until
+    ``monkeypatch`` is undone; module-scoped fixtures pass a ``MonkeyPatch.context()``."""
     import tlbench.registry as registry
 
-    plugin = TinyPlugin(synth_dir)
+    plugin = TinyPlugin(synth)
     original = registry.get_plugin_manager
 
     def with_tiny(load_entry_points: bool = True):
@@ -29,4 +35,4 @@ def tiny_plugin(synth_dir, monkeypatch):
         return pm
 
     monkeypatch.setattr(registry, "get_plugin_manager", with_tiny)
-    yield plugin
+    return plugin

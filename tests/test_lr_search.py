@@ -241,3 +241,32 @@ def test_shared_cache_fill_is_charged_to_every_cell(tiny_plugin, tmp_path):
     assert first["one_time_seconds"]["cache_fill"] > 0
     assert second["one_time_seconds"]["cache_fill"] == 0
     assert second["cache_fill_charged_seconds"] == first["cache_fill_charged_seconds"] > 0
+
+
+def test_the_halving_point_waits_for_the_last_phase(tiny_plugin, tmp_path):
+    """Ranked before its fine-tuning phase starts, two_stage would pick the head's LR: the
+    rung is the validation point nearest half the budget once every phase has begun."""
+    runner, cells = tiny_cells_runner(tmp_path, "two_stage", seeds=[0], lr=0.01)
+    staged = runner._trainer(cells[0], 32, 0.01)
+    last_start = max(staged.phase_boundaries())
+    assert 0 < last_start and last_start < staged.halfway_eval_step() < staged.total_steps
+    runner, cells = tiny_cells_runner(tmp_path, "full", seeds=[0], lr=0.01)
+    whole = runner._trainer(cells[0], 32, 0.01)
+    assert whole.halfway_eval_step() == whole.steps_per_epoch  # 2 epochs: the end of the first
+
+
+def test_no_lr_halving_trains_every_candidate_to_the_end(tiny_plugin, tmp_path):
+    """--no-lr-halving (the committed reference's protocol) is its own configuration."""
+    import dataclasses
+
+    runner, cells = tiny_cells_runner(tmp_path, "halve3", [GridStrategy()], lr=None)
+    slow = [dataclasses.replace(c, settings=dataclasses.replace(c.settings, lr_halving=False))
+            for c in cells]  # fmt: skip
+    (halved,), (record,) = (
+        runner.finalize(cells),
+        [runner.run_cell(c) for c in runner.finalize(slow)],
+    )
+    assert record["config"]["lr_search"]["halving"] == "off"
+    assert record["config_hash"] != halved.config_hash
+    assert [c["status"] for c in record["lr_search"]["candidates"]] == ["ok"] * len(GRID)
+    assert "lr_halving" not in record["config"]

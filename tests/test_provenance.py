@@ -36,13 +36,13 @@ def settings(lr: float = 0.01, train_size=200):
     return made if train_size else dataclasses.replace(made, train_size=None)
 
 
-def finalized(weights: str = "imagenet", seed: int = 0, **kw) -> Cell:
+def finalized(weights: str = "imagenet", seed: int = 0, strategy: str = "full", **kw) -> Cell:
     """The tiny cell as ``tlbench run`` hashes it: provenance attached by the runner
     (a new runner each time: the data is loaded again, as by a new command)."""
     pm = plugin_registry.get_plugin_manager()  # with the tiny plugin (fixture)
     registry = plugin_registry.collect(pm)
     runner = Runner(registry, pm.hook, resolve_device("cpu"), None)
-    cell = Cell("tiny", "full", "synth", seed, weights, 16, 95.0, settings(**kw))
+    cell = Cell("tiny", strategy, "synth", seed, weights, 16, 95.0, settings(**kw))
     (done,) = runner.finalize([cell])
     return done
 
@@ -137,6 +137,26 @@ def test_mixing_settings_in_one_run_directory_is_refused(tiny_plugin, tmp_path, 
     assert dry.code == 0 and "this run would stop" in dry.out
     elsewhere = [("t2" if a == "t" else a) for a in args]
     assert run_main([("0.02" if a == "0.01" else a) for a in elsewhere]).code == 0
+
+
+def test_lr_auto_rows_with_their_own_grids_share_a_run_directory(tiny_plugin, tmp_path):
+    """Under --lr auto each strategy's grid is in its config: a per-cell key, so resuming
+    a run of several strategies is accepted, while a changed grid for a recorded row is
+    refused (exit 2) like any other changed setting."""
+    from tlbench.errors import TlbenchError
+    from tlbench.provenance import check_same_settings
+
+    full, probe = (finalized(strategy=s, lr=None) for s in ("full", "linear_probe"))
+    assert full.config()["lr_search"]["grid"] != probe.config()["lr_search"]["grid"]
+    records = [{"config": full.config()}, {"config": probe.config()}]
+    check_same_settings(tmp_path, records, [full, probe])  # a resume: accepted
+    changed = dict(full.config(), lr_search={"grid": [0.5], "halving": "off"})
+    try:
+        check_same_settings(tmp_path, [{"config": changed}], [full])
+    except TlbenchError as exc:
+        assert "lr_search" in str(exc)
+    else:
+        raise AssertionError("a changed LR grid for a recorded row was accepted")
 
 
 def test_seeds_vary_the_training_subset_but_not_validation_or_test(tiny_plugin):

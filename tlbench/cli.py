@@ -110,6 +110,12 @@ def run(
         help="Adam LR of the head (base LR), or auto: each strategy's own grid, chosen on "
         "validation by the first seed of each row.",
     ),
+    schedule: str = typer.Option(
+        "constant", help="LR schedule over the budget: constant, or cosine (5% warm-up)."
+    ),
+    lr_halving: bool = typer.Option(
+        True, help="--lr auto: prune grids of 3+ by successive halving at half the budget."
+    ),
     resolution: Optional[int] = typer.Option(
         None, help="Input side in px [backbone's own on CUDA, 64 on CPU]."
     ),
@@ -164,6 +170,8 @@ def run(
         evals_per_epoch,
         head_hidden,
         augment=augment,
+        lr_halving=lr_halving,
+        schedule=schedule,
         epochs=epochs,
         batch_size=batch_size,
         resolution=resolution,

@@ -145,7 +145,8 @@ def run_header(records: list[Record]) -> list[str]:
     lines = [
         f"- Device: {', '.join(_unique(r['device'] for r in ok))}",
         f"- Settings: {config['epochs']} epochs, batch {config['batch_size']}, Adam lr "
-        f"{_lr_setting(config['lr'])}, resolution {_unique_join(r['resolution'] for r in ok)} px, "
+        f"{_lr_setting(config['lr'], ok)}, "
+        f"resolution {_unique_join(r['resolution'] for r in ok)} px, "
         f"{config['evals_per_epoch']} validation evaluations per epoch, seeds "
         f"{_unique_join(r['seed'] for r in ok)}",
         f"- Splits: {'; '.join(sizes)}",
@@ -229,10 +230,16 @@ def table_row(row: RowGroup, threshold: str, shown: Optional[list[str]] = None) 
     }
 
 
-def _lr_setting(lr) -> str:
-    if lr == "auto":
-        return "auto (each strategy's grid, chosen on validation: LR column)"
-    return str(lr)
+def _lr_setting(lr, ok: list[dict]) -> str:
+    if lr != "auto":
+        return str(lr)
+    rules = _unique_join(
+        (r["config"].get("lr_search") or {}).get("halving", "off")
+        .replace("off", "every candidate to the full budget")
+        .replace("eta=", "successive halving eta=")
+        for r in ok
+    )  # fmt: skip
+    return f"auto (each strategy's grid, chosen on validation: LR column; {rules})"
 
 
 def _search_seconds(ok: list[dict]) -> str:

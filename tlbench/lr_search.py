@@ -31,11 +31,12 @@ HALVING_ETA = 2  # keep the best 1/eta of the candidates at the halfway rung
 PRUNED_ON = "validation accuracy at the halfway point (ties: best so far, then smaller LR)"
 
 
-def protocol(spec) -> dict:
+def protocol(spec, allowed: bool = True) -> dict:
     """How ``--lr auto`` searches a strategy: part of a cell's config (and hash), since a
-    different grid or pruning rule can choose a different LR."""
+    different grid or pruning rule can choose a different LR.  ``allowed=False``
+    (``--no-lr-halving``) trains every candidate to the full budget."""
     grid = [float(lr) for lr in spec.lr_grid]
-    halving = getattr(spec, "lr_halving", True) and len(grid) >= 3
+    halving = allowed and getattr(spec, "lr_halving", True) and len(grid) >= 3
     return {"grid": grid, "halving": f"eta={HALVING_ETA} at half budget" if halving else "off"}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -44,18 +43,6 @@ def epochs_to_threshold(curve: Sequence[tuple[float, float]], threshold: float) 
         if accuracy >= threshold:
             return epoch
     return None
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var)
 
 
 ECE_BINS = 15  # equal-width confidence bins, as in Guo et al. 2017

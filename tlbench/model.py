@@ -39,9 +39,6 @@ class StagedModel(nn.Module):
         """Attach a fresh head: Linear, or MLP (Linear-ReLU-[Dropout]-Linear) if hidden > 0."""
         self.head = make_head(self.num_features, num_classes, hidden, dropout)
 
-    def modules_of(self, stage_indices: Iterable[int]) -> list[nn.Module]:
-        return [self.stages[i] for i in stage_indices]
-
 
 def make_head(
     num_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0

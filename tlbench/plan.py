@@ -12,6 +12,7 @@ from tlbench import __version__
 from tlbench.errors import TlbenchError
 from tlbench.records import SCHEMA_VERSION
 from tlbench.records import row_hash as _row_hash
+from tlbench.schedule import SCHEDULES
 
 # Settings of the CPU profile: sized so the embedded default finishes in minutes on
 # 2 cores (see README "The embedded default"); CUDA runs the full protocol.
@@ -49,6 +50,10 @@ class Settings:
     evals_per_epoch: int
     head_hidden: int = 0
     augment: str = "none"  # training-input augmentation, e.g. shift:2 (turns the cache off)
+    # --lr auto prunes grids by successive halving (tlbench.lr_search); hashed through
+    # the config's ``lr_search`` entry (provenance), not as a key of its own
+    lr_halving: bool = True
+    schedule: str = "constant"  # LR schedule over the budget (tlbench.schedule)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ class Cell:
         data["resolution"] = self.resolution
         if data["lr"] is None:
             data["lr"] = "auto"
+        del data["lr_halving"]  # in data["lr_search"] (tlbench.provenance) under --lr auto
+        if data["schedule"] == "constant":
+            del data["schedule"]  # config hashes of constant-LR cells stay as they were
         if data["augment"] == "none":
             del data["augment"]  # config hashes of cells without augmentation stay as they were
         data["schema"] = SCHEMA_VERSION
@@ -171,6 +179,9 @@ def check_ranges(settings: Settings) -> None:
             raise TlbenchError(f"{flag} {value} is out of range: accepted {low}..{high}.")
     if settings.lr is not None and not 0 < settings.lr < 10:
         raise TlbenchError(f"--lr {settings.lr} is out of range: accepted auto or 0 < lr < 10.")
+    if settings.schedule not in SCHEDULES:
+        accepted = ", ".join(SCHEDULES)
+        raise TlbenchError(f"--schedule {settings.schedule!r} is unknown: accepted {accepted}.")
     if settings.augment != "none":
         import torch
 
@@ -201,6 +212,8 @@ def make_settings(
     evals_per_epoch: int,
     head_hidden: int = 0,
     augment: str = "none",
+    lr_halving: bool = True,
+    schedule: str = "constant",
     **given: Optional[int],
 ) -> Settings:
     """Settings from what the user gave, the rest from the device's profile."""
@@ -210,7 +223,13 @@ def make_settings(
         raise ValueError(f"not profile settings: {sorted(unknown)}")
     values = {k: given[k] if given.get(k) is not None else v for k, v in profile.items()}
     settings = Settings(
-        lr=lr, evals_per_epoch=evals_per_epoch, head_hidden=head_hidden, augment=augment, **values
+        lr=lr,
+        evals_per_epoch=evals_per_epoch,
+        head_hidden=head_hidden,
+        augment=augment,
+        lr_halving=lr_halving,
+        schedule=schedule,
+        **values,
     )
     check_ranges(settings)
     return settings

@@ -43,7 +43,7 @@ def cell_provenance(cell: Cell, registry: Registry, loaded: Callable[[str], Load
     search = {}
     if cell.settings.lr is None:  # --lr auto: the grid and pruning rule choose the LR
         strategy = registry.get("strategies", cell.strategy.partition(":")[0])
-        search = {"lr_search": lr_search.protocol(strategy)}
+        search = {"lr_search": lr_search.protocol(strategy, cell.settings.lr_halving)}
     return {
         **search,
         "data": loaded(cell.dataset).fingerprint(),

@@ -26,7 +26,9 @@ IDENTITY_KEYS = ("backbone", "strategy", "dataset", "seed", "weights")
 # (only epochs-to-X% depends on it) and facts that follow from the identity (the
 # resolved resolution, the weights' and plugins' identity, the data's fingerprint).
 # Everything else is a *setting*: one run directory holds one value of each.
-PER_CELL_KEYS = (*IDENTITY_KEYS, "threshold", "resolution", "data", "weights_id", "plugins")
+PER_CELL_KEYS = (
+    *IDENTITY_KEYS, "threshold", "resolution", "data", "weights_id", "plugins", "lr_search"
+)  # fmt: skip
 
 REQUIRED_KEYS = (
     # every ``ok`` record of the current schema has these (tests/test_records.py checks

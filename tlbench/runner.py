@@ -277,7 +277,7 @@ class Runner:
             cell.seed,
             lambda lr: self._trainer(cell, batch_size, lr),
             Diverged,
-            halving=lr_search.protocol(spec)["halving"] != "off",
+            halving=lr_search.protocol(spec, cell.settings.lr_halving)["halving"] != "off",
         )
         self._lr_choices[key] = search
         own = next(c.seconds for c in search.candidates if c.lr == search.chosen)
@@ -309,6 +309,7 @@ class Runner:
             cache_key=self._cache_key(cell, strategy),
             augment=augmentation(cell, self.device.device),
             compile=self.compile_model,
+            schedule=cell.settings.schedule,
         )
         return CellTrainer(
             model,

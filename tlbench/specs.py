@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from torch import nn
 
     from tlbench.data.loaded import LoadedDataset
@@ -182,6 +181,3 @@ class DatasetSpec:
 
     def classes(self) -> list[str]:
         return list(self.class_names) or [str(i) for i in range(self.num_classes)]
-
-
-TensorPair = tuple["torch.Tensor", "torch.Tensor"]

@@ -78,10 +78,6 @@ class Summary:
     high: Optional[float] = None
     method: str = "t"  # "t": Student t over seeds; "bootstrap": seeds x test images
 
-    @property
-    def half_width(self) -> Optional[float]:
-        return None if self.low is None else self.mean - self.low
-
 
 def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Optional[Summary]:
     """``None`` for no values; the CI is mean ± t(n-1) * std / sqrt(n)."""

@@ -61,9 +61,6 @@ class RichProgress(RunnerProgress):
         else:
             self.console.print(f"[yellow]-[/] {escape(cell.label())}: {escape(note)}")
 
-    def skip_done(self, count: int) -> None:
-        self.bars.advance(self.cells, count)
-
 
 def summary_table(outcome: Outcome) -> Table:
     table = Table(title="tlbench run summary")
