@@ -19,6 +19,7 @@ from tlbench.contract import check_cells
 from tlbench.data.folder import add_folder_datasets
 from tlbench.device import resolve_device
 from tlbench.errors import Interrupted, TlbenchError, TlbenchWarning
+from tlbench.executors import Executor, make_executor
 from tlbench.inputs import check_run
 from tlbench.plan import (
     DEFAULT_SEEDS,
@@ -162,8 +163,15 @@ def run(
         False, help="folder: datasets skip unreadable files (counted) instead of stopping."
     ),
     dry_run: bool = typer.Option(False, help="Print the planned cells and exit."),
+    executor: str = typer.Option(
+        "serial", help="serial (in this process) or ray (a Ray cluster: tlbench[ray])."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, help="--executor ray: auto or host:port of a running cluster [a local runtime]."
+    ),
 ) -> None:
     """Train every cell of the cross-product and write records and the leaderboard."""
+    cell_executor = make_executor(executor, ray_address)
     pm = plugin_registry.get_plugin_manager()
     registry = plugin_registry.collect(pm)
     hw = resolve_device(device)
@@ -229,8 +237,14 @@ def run(
     runner.compile_model = compile_model
     runner.prepare_data([c for c in cells if c not in blocked])
     runner.prepare_models([c for c in cells if c not in blocked])
-    outcome = _execute(runner, cells, blocked, force)
+    pm.hook.run_started(directory=directory, cells=[c for c in cells if c not in blocked])
+    try:
+        outcome = _execute(runner, cells, blocked, force, cell_executor)
+    except Interrupted:
+        pm.hook.run_finished(directory=directory, outcome=None, benchmarks=None)
+        raise
     path = leaderboard.write(output, benchmarks or output / "BENCHMARKS.md")
+    pm.hook.run_finished(directory=directory, outcome=outcome, benchmarks=path)
     console.print(summary_table(outcome))
     _report(outcome, directory, path)
     if outcome.failed:
@@ -242,11 +256,11 @@ def _options(given: dict) -> dict:
     return {k: v for k, v in given.items() if k not in ("pm", "registry", "hw")}
 
 
-def _execute(runner: Runner, cells: list[Cell], blocked: dict, force: bool):
+def _execute(runner: Runner, cells: list[Cell], blocked: dict, force: bool, executor: Executor):
     runnable = [c for c in cells if c not in blocked]
     with RichProgress(console, len(runnable)) as progress:
         runner.progress = progress
-        outcome = runner.run(runnable, force=force)
+        outcome = executor.run(runner, runnable, force=force)
     outcome.skipped.extend(blocked.items())
     return outcome
 

@@ -41,3 +41,16 @@ def cell_finished(cell, record):
 @hookspec
 def epoch_end(cell, epoch, val_accuracy):
     """Called after each full epoch with the latest validation accuracy (0..1)."""
+
+
+@hookspec
+def run_started(directory, cells):
+    """Called once per ``tlbench run`` before any cell, with the run directory (a
+    ``pathlib.Path``: records.jsonl lives there) and the cells that may run."""
+
+
+@hookspec
+def run_finished(directory, outcome, benchmarks):
+    """Called once at the end of a run, after the leaderboard and its plots are written:
+    ``outcome`` is the :class:`tlbench.runner.Outcome` and ``benchmarks`` the path of the
+    leaderboard; both ``None`` when the run was interrupted (SIGINT/SIGTERM)."""
