@@ -171,10 +171,10 @@ def _rule(header: str) -> str:
 def main_job_markdown(output: Path) -> str:
     """The main job's cells timed before and after: ``output``/mainjob/before and
     ``output``/mainjob/after each hold a ``records.jsonl`` of that run and a ``run.json``
-    saying which code and command."""
+    saying which code and command (other runs there, e.g. ``halving``, are the README's)."""
     runs = [
         (json.loads((d / "run.json").read_text()), _cells(d / "records.jsonl"))
-        for d in sorted(Path(output).glob("mainjob/*/"), key=lambda d: d.name != "before")
+        for d in (Path(output) / "mainjob" / "before", Path(output) / "mainjob" / "after")
         if (d / "run.json").is_file() and (d / "records.jsonl").is_file()
     ]
     if len(runs) != 2:
