@@ -228,3 +228,14 @@ def test_names_cannot_inject_markdown_or_html(tmp_path):
     header_cells = unescaped[0]
     assert all(count == header_cells for count in unescaped[: len(unescaped)]), unescaped
     assert "evil\\|name # injected heading" in text
+
+
+def test_the_header_shows_the_evaluations_that_ran_not_only_those_asked():
+    """--evals-per-epoch above the steps per epoch is capped by the trainer: the leaderboard
+    header says how many points per epoch the curves hold, and what was asked."""
+    from tlbench.leaderboard import _evals_setting
+
+    capped = [{"curve": [[e / 3, 50.0] for e in range(1, 7)], "epoch_budget": 2}]
+    assert _evals_setting(100, capped) == "3 (100 asked; capped at one per training step)"
+    full = [{"curve": [[e / 4, 50.0] for e in range(1, 9)], "epoch_budget": 2}]
+    assert _evals_setting(4, full) == "4"

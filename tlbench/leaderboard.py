@@ -168,7 +168,7 @@ def run_header(records: list[Record]) -> list[str]:
         f"- Settings: {config['epochs']} epochs, batch {config['batch_size']}, Adam lr "
         f"{_lr_setting(config['lr'], ok)}, "
         f"resolution {_unique_join(r['resolution'] for r in ok)} px, "
-        f"{config['evals_per_epoch']} validation evaluations per epoch, seeds "
+        f"{_evals_setting(config['evals_per_epoch'], ok)} validation evaluations per epoch, seeds "
         f"{_unique_join(r['seed'] for r in ok)}",
         f"- Splits: {'; '.join(sizes)}",
         f"- Data sources: {'; '.join(sources)}",
@@ -265,6 +265,20 @@ def _lr_setting(lr, ok: list[dict]) -> str:
         for r in ok
     )  # fmt: skip
     return f"auto (each strategy's grid, chosen on validation: LR column; {rules})"
+
+
+def _evals_setting(requested: int, ok: list[dict]) -> str:
+    """The validation points per epoch that ran (from the curves), and what was asked when
+    fewer ran: an epoch of fewer training steps than ``--evals-per-epoch`` caps them."""
+    ran = _unique(
+        round(len(r["curve"]) / r["epoch_budget"], 2)
+        for r in ok
+        if r.get("curve") and r.get("epoch_budget")
+    )
+    shown = ", ".join(f"{float(v):g}" for v in ran)
+    if not ran or ran == [str(float(requested))]:
+        return str(requested)
+    return f"{shown} ({requested} asked; capped at one per training step)"
 
 
 def _search_seconds(ok: list[dict]) -> str:
