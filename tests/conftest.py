@@ -28,15 +28,20 @@ def tiny_plugin(synth_dir, monkeypatch):
 def register_tiny(monkeypatch: pytest.MonkeyPatch, synth: Path) -> TinyPlugin:
     """The tiny plugin (data in ``synth``) in every plugin manager made from now until
     ``monkeypatch`` is undone; module-scoped fixtures pass a ``MonkeyPatch.context()``."""
+    return register_plugin(monkeypatch, TinyPlugin(synth), "tests:tiny")
+
+
+def register_plugin(monkeypatch: pytest.MonkeyPatch, plugin, name: str):
+    """``plugin`` registered (as ``name``) in every plugin manager made from now until
+    ``monkeypatch`` is undone, on top of whatever the current factory registers."""
     import tlbench.registry as registry
 
-    plugin = TinyPlugin(synth)
     original = registry.get_plugin_manager
 
-    def with_tiny(load_entry_points: bool = True):
+    def with_plugin(load_entry_points: bool = True):
         pm = original(load_entry_points)
-        pm.register(plugin, name="tests:tiny")
+        pm.register(plugin, name=name)
         return pm
 
-    monkeypatch.setattr(registry, "get_plugin_manager", with_tiny)
+    monkeypatch.setattr(registry, "get_plugin_manager", with_plugin)
     return plugin

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import TINY_RUN, output_args, read_records, run_main
+from conftest import register_plugin
 
 PLUGIN = Path(__file__).parents[1] / "plugins" / "tlbench-mlflow"
 pytest.importorskip("mlflow", reason="MLflow is not installed: pip install mlflow-skinny")
@@ -23,7 +24,6 @@ pytest.importorskip("mlflow", reason="MLflow is not installed: pip install mlflo
 @pytest.fixture
 def store(tiny_plugin, monkeypatch, tmp_path) -> str:
     """A fresh MLflow store under tmp_path and the tracker registered for every run."""
-    import tlbench.registry as registry
 
     monkeypatch.syspath_prepend(str(PLUGIN / "src"))
     from tlbench_mlflow.tracker import MlflowTracker
@@ -31,14 +31,7 @@ def store(tiny_plugin, monkeypatch, tmp_path) -> str:
     uri = (tmp_path / "mlruns").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    plugin, with_tiny = MlflowTracker(), registry.get_plugin_manager
-
-    def with_tracker(load_entry_points: bool = True):
-        pm = with_tiny(load_entry_points)
-        pm.register(plugin, name="tlbench-mlflow")
-        return pm
-
-    monkeypatch.setattr(registry, "get_plugin_manager", with_tracker)
+    register_plugin(monkeypatch, MlflowTracker(), "tlbench-mlflow")
     return uri
 
 
