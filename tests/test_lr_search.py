@@ -113,7 +113,8 @@ def scripted(curves: dict, diverged: type[Exception], steps_per_epoch: int = 2):
             self.full, self.curve, self.steps_done = curve, [], 0
             self.steps_per_epoch = steps_per_epoch
 
-        def halfway_eval_step(self):
+        def rung_eval_step(self, eta):
+            assert eta == lr_search.HALVING_ETA
             return 2  # every scripted curve has 4 points
 
         def train(self, until=None):
@@ -126,9 +127,9 @@ def scripted(curves: dict, diverged: type[Exception], steps_per_epoch: int = 2):
     return lambda lr: Scripted(curves[lr])
 
 
-def test_halving_prunes_at_the_halfway_point_and_continues_the_survivor():
-    """0.1 leads at half the budget and 0.01 finishes higher than it would have: halving
-    keeps only 0.1 (the best of 3 // 2 = 1 at the rung), trains it on from where it
+def test_halving_prunes_at_the_rung_and_continues_the_survivor():
+    """0.1 leads at the rung and 0.01 finishes higher than it would have: halving
+    keeps only 0.1 (the best of 3 // eta = 1 at the rung), trains it on from where it
     stopped, and records the others as pruned at the rung, never trained further."""
     curves = {
         0.1: [(0.5, 70.0), (1, 80.0), (1.5, 82.0), (2, 84.0)],
@@ -146,11 +147,15 @@ def test_halving_prunes_at_the_halfway_point_and_continues_the_survivor():
     assert result.halving["kept"] == 1 and result.halving["rung_epochs"] == 1.0
     record = result.to_record()
     assert lr_search.SearchResult.from_record(record).halving["kept"] == 1
-    # four candidates keep two; the final choice is among the survivors, on final accuracy
+    # six candidates keep 6 // 3 = 2; the final choice is among the survivors, on final accuracy
     curves[0.0001] = [(0.5, 65.0), (1, 78.0), (1.5, 90.0), (2, 99.0)]
+    curves[1e-5] = [(0.5, 30.0), (1, 40.0), (1.5, 50.0), (2, 60.0)]
+    curves[1e-6] = [(0.5, 20.0), (1, 30.0), (1.5, 40.0), (2, 50.0)]
     trainer, result = lr_search.search(list(curves), 0, scripted(curves, Boom), Boom)
-    assert result.halving["kept"] == 2 and result.chosen == 0.0001
-    assert [c.status for c in result.candidates] == ["ok", "pruned", "pruned", "ok"]
+    assert lr_search.HALVING_ETA == 3 and result.halving["kept"] == 2
+    assert result.chosen == 0.0001
+    statuses = [c.status for c in result.candidates]
+    assert statuses == ["ok", "pruned", "pruned", "ok", "pruned", "pruned"]
 
 
 def test_halving_survives_a_diverging_candidate():
@@ -173,7 +178,7 @@ def test_a_resumed_trainer_trains_exactly_as_one_call(tiny_plugin, tmp_path):
     whole.train()
     torch.manual_seed(0)
     halves = runner._trainer(cells[0], 32, 0.01)
-    rung = halves.halfway_eval_step()
+    rung = halves.rung_eval_step(lr_search.HALVING_ETA)
     assert 0 < rung < halves.total_steps
     halves.train(rung)
     assert halves.steps_done == rung and len(halves.curve) < len(whole.curve)
@@ -193,9 +198,9 @@ def test_auto_with_halving_records_the_pruned_candidates(tiny_plugin, tmp_path):
     assert statuses == ["ok", "pruned", "pruned"] and search["halving"]["kept"] == 1
     winner = next(c for c in search["candidates"] if c["status"] == "ok")
     assert winner["lr"] == record["lr_chosen"] and record["curve"][-1][1] == winner["val_accuracy"]
-    assert record["config"]["lr_search"] == {
-        "grid": list(GRID), "halving": f"eta={lr_search.HALVING_ETA} at half budget"
-    }  # fmt: skip
+    eta = lr_search.HALVING_ETA
+    expected = {"grid": list(GRID), "halving": f"eta={eta} at 1/{eta} budget"}
+    assert record["config"]["lr_search"] == expected
     runner, cells = tiny_cells_runner(tmp_path / "p", "probe3", [GridStrategy()], lr=None)
     (probe,) = runner.finalize(cells)
     assert probe.config()["lr_search"]["halving"] == "off"
@@ -245,14 +250,17 @@ def test_shared_cache_fill_is_charged_to_every_cell(tiny_plugin, tmp_path):
 
 def test_the_halving_point_waits_for_the_last_phase(tiny_plugin, tmp_path):
     """Ranked before its fine-tuning phase starts, two_stage would pick the head's LR: the
-    rung is the validation point nearest half the budget once every phase has begun."""
+    rung is the validation point nearest 1/eta of the budget once every phase has begun."""
     runner, cells = tiny_cells_runner(tmp_path, "two_stage", seeds=[0], lr=0.01)
     staged = runner._trainer(cells[0], 32, 0.01)
     last_start = max(staged.phase_boundaries())
-    assert 0 < last_start and last_start < staged.halfway_eval_step() < staged.total_steps
+    assert 0 < last_start and last_start < staged.rung_eval_step(3) < staged.total_steps
     runner, cells = tiny_cells_runner(tmp_path, "full", seeds=[0], lr=0.01)
     whole = runner._trainer(cells[0], 32, 0.01)
-    assert whole.halfway_eval_step() == whole.steps_per_epoch  # 2 epochs: the end of the first
+    assert whole.rung_eval_step(2) == whole.steps_per_epoch  # 2 epochs: the end of the first
+    points = [s for s in whole.eval_steps() if s < whole.total_steps]
+    third = min(points, key=lambda s: abs(3 * s - whole.total_steps))
+    assert whole.rung_eval_step(3) == third < whole.steps_per_epoch
 
 
 def test_no_lr_halving_trains_every_candidate_to_the_end(tiny_plugin, tmp_path):

@@ -122,7 +122,7 @@ def run(
         "constant", help="LR schedule over the budget: constant, or cosine (5% warm-up)."
     ),
     lr_halving: bool = typer.Option(
-        True, help="--lr auto: prune grids of 3+ by successive halving at half the budget."
+        True, help="--lr auto: prune grids of 3+ by successive halving (eta 3)."
     ),
     resolution: Optional[int] = typer.Option(
         None, help="Input side in px [backbone's own on CUDA, 64 on CPU]."

@@ -7,10 +7,11 @@ configuration, seeds aside) trains the candidates and keeps the one with the bes
 validation accuracy, whose test pass is that cell's result.
 
 Expensive strategies (``StrategySpec.lr_halving``, grids of 3 or more) are searched by
-successive halving (Jamieson & Talwalkar 2016; Hyperband's inner loop) with eta = 2:
-every candidate trains to the validation point nearest half the budget, the best half
-(at least one) continue to the full budget from where they stopped, the rest are
-recorded as ``pruned``.  A 3-LR grid then costs 2 budgets instead of 3.  A survivor's
+successive halving (Jamieson & Talwalkar 2016; Hyperband's inner loop) with eta = 3,
+Hyperband's default: every candidate trains to the validation point nearest a third of
+the budget, the best third (at least one) continue to the full budget from where they
+stopped, the rest are recorded as ``pruned``.  A 3-LR grid then costs 5/3 budgets
+instead of 3.  A survivor's
 training is exactly the training a lone run would do (tlbench.train is resumable).
 
 The other seeds of the row reuse the chosen LR, so a row pays for its grid once; cells
@@ -27,8 +28,8 @@ from typing import Callable, Optional, Sequence
 from tlbench.records import row_hash
 
 SELECTED_ON = "final validation accuracy (ties: best validation accuracy, then smaller LR)"
-HALVING_ETA = 2  # keep the best 1/eta of the candidates at the halfway rung
-PRUNED_ON = "validation accuracy at the halfway point (ties: best so far, then smaller LR)"
+HALVING_ETA = 3  # rank at 1/eta of the budget, keep the best 1/eta of the candidates
+PRUNED_ON = "validation accuracy at the rung (ties: best so far, then smaller LR)"
 
 
 def protocol(spec, allowed: bool = True) -> dict:
@@ -37,7 +38,8 @@ def protocol(spec, allowed: bool = True) -> dict:
     (``--no-lr-halving``) trains every candidate to the full budget."""
     grid = [float(lr) for lr in spec.lr_grid]
     halving = allowed and getattr(spec, "lr_halving", True) and len(grid) >= 3
-    return {"grid": grid, "halving": f"eta={HALVING_ETA} at half budget" if halving else "off"}
+    rule = f"eta={HALVING_ETA} at 1/{HALVING_ETA} budget"
+    return {"grid": grid, "halving": rule if halving else "off"}
 
 
 @dataclass
@@ -111,7 +113,7 @@ def search(
         t0 = time.perf_counter()
         trainer = start(lr)
         if rung is None and kept < len(grid):
-            rung = trainer.halfway_eval_step()
+            rung = trainer.rung_eval_step(HALVING_ETA)
         candidate = Candidate(lr, "ok", None, None, 0.0)
         result.candidates.append(candidate)
         last_divergence = _advance(candidate, trainer, rung, diverged, t0) or last_divergence

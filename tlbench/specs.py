@@ -104,7 +104,7 @@ class StrategySpec:
     weights: Optional[str] = None
     # Base learning rates ``--lr auto`` chooses from, on validation (tlbench.lr_search).
     lr_grid: tuple[float, ...] = DEFAULT_LR_GRID
-    # Prune the grid by successive halving at half the budget (tlbench.lr_search); off
+    # Prune the grid by successive halving (tlbench.lr_search); off
     # for strategies whose whole grid is cheap (a head on cached features).
     lr_halving: bool = True
 

@@ -169,16 +169,17 @@ class CellTrainer:
         points = {round(j * self.steps_per_epoch / k) for j in range(1, k * self.config.epochs + 1)}
         return {min(max(p, 1), self.total_steps) for p in points} | {self.total_steps}
 
-    def halfway_eval_step(self) -> Optional[int]:
+    def rung_eval_step(self, eta: int) -> Optional[int]:
         """Where successive halving ranks LR candidates (tlbench.lr_search): the validation
-        point nearest half the budget among those after the last phase has begun (None if
-        there is none before the end).  Before that, a later phase's parameters have not
-        trained yet: two_stage ranked at its phase boundary would choose the LR that suits
-        the head alone (measured: 3e-3 at the rung, 87.8% final, where 1e-3 ends at 93.2%).
+        point nearest ``1/eta`` of the budget among those after the last phase has begun
+        (None if there is none before the end).  Before that, a later phase's parameters
+        have not trained yet: two_stage ranked at its phase boundary would choose the LR
+        that suits the head alone (measured: 3e-3 at the rung, 87.8% final, where 1e-3
+        ends at 93.2%).
         """
         last_start = max(self.phase_boundaries())
         inner = [s for s in self.eval_steps() if last_start < s < self.total_steps]
-        return min(inner, key=lambda s: (abs(2 * s - self.total_steps), s)) if inner else None
+        return min(inner, key=lambda s: (abs(eta * s - self.total_steps), s)) if inner else None
 
     # ---- main loop ------------------------------------------------------------------
     def run(self) -> dict:
