@@ -13,7 +13,7 @@ plus the raw log next to it:
    tlbench backbone + a fresh Linear head (seeded like tlbench's head), a splitter
    separating backbone and head, fastai's defaults otherwise (Adam, wd 0.01, one-cycle,
    ``train_bn=True``: BatchNorm trains in the frozen phase). Inputs are the same uint8
-   images adapted once by tlbench's :class:`~tlbench.adapt.BatchAdapter` (resize, 3
+   images adapted once by tlbench's :class:`~tlbench.data.preprocess.BatchAdapter` (resize, 3
    channels, the backbone's mean/std), served by fastai DataLoaders (no PIL).
 3. **scikit-learn** L-BFGS logistic regression on the frozen backbone's pooled features
    (eval mode, tlbench's ``compute_prefix`` over every stage: what ``linear_probe``'s head
@@ -55,15 +55,15 @@ import torch
 from torch import nn
 
 from tlbench import __version__ as tlbench_version
-from tlbench import registry as plugin_registry
-from tlbench.adapt import BatchAdapter
-from tlbench.device import resolve_device
-from tlbench.features import compute_prefix
-from tlbench.plan import Cell, Settings, parse_seeds
-from tlbench.records import load_records
-from tlbench.runner import Runner
-from tlbench.safeio import atomic_write
-from tlbench.weights import WeightsChoice
+from tlbench.backbones.weights import WeightsChoice
+from tlbench.data.preprocess import BatchAdapter
+from tlbench.plan.settings import Cell, Settings, parse_seeds
+from tlbench.plugins import registry as plugin_registry
+from tlbench.run.runner import Runner
+from tlbench.store.records import load_records
+from tlbench.store.safeio import atomic_write
+from tlbench.train.device import resolve_device
+from tlbench.train.feature_cache import compute_prefix
 
 SCHEMA = 1
 STRATEGIES = ("linear_probe", "full", "two_stage")
@@ -141,7 +141,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, hw) -> dict:
         runner = Runner(registry, pm.hook, hw, Path(tempfile.mkdtemp()), args.data_dir)
         spec = registry.get("backbones", args.backbone)
         cells = {s: make_cell(args, dataset, s, config, settings) for s in args.seed_list}
-        splits = {s: runner.splits_for(c) for s, c in cells.items()}
+        splits = {s: runner.workspace.splits_for(c) for s, c in cells.items()}
         backbone = spec.build(WeightsChoice.parse(args.weights)).to(hw.device)
         adapter = BatchAdapter(config["resolution"], spec.mean, spec.std, hw.device)
         num_classes = registry.get("datasets", dataset).num_classes
@@ -355,7 +355,7 @@ def run_logreg(backbone, adapter, splits: dict, args: argparse.Namespace) -> dic
         "selection": "highest validation accuracy, ties to the smaller C; test once; seeds "
         "whose splits are identical share one fit (L-BFGS is deterministic)",
         "features": "pooled output of every backbone stage, eval mode (BatchNorm running "
-        "statistics), fp32, tlbench.features.compute_prefix",
+        "statistics), fp32, tlbench.train.feature_cache.compute_prefix",
         "per_seed": per_seed,
         "seeds": [r["seed"] for r in per_seed],
         "test_accuracy": [r["test_accuracy"] for r in per_seed],

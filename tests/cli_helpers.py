@@ -1,4 +1,4 @@
-"""Drive the real console entry point (``tlbench.cli.main``) and inspect what it left.
+"""Drive the real console entry point (``tlbench.cli.main.main``) and inspect what it left.
 
 ``main`` is what the ``tlbench`` script runs: it turns errors into one line on stderr
 and an exit code, so tests of exit codes and messages go through it, not ``app``.
@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlbench.records import RECORDS_FILE
+from tlbench.store.records import RECORDS_FILE
 
 TESTS = Path(__file__).parent
 TINY_CLI = TESTS / "tiny_cli.py"
@@ -61,15 +61,15 @@ class Result:
 
 def run_main(args: list[str]) -> Result:
     """``tlbench ARGS`` in this process, exactly as the console script runs it."""
-    import tlbench.cli
+    import tlbench.cli.main
 
     out, err = io.StringIO(), io.StringIO()
     argv, sys.argv = sys.argv, ["tlbench", *map(str, args)]
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            tlbench.cli.console.width = 250  # tables are checked for names: no folding
-            tlbench.cli.main()
+            tlbench.cli.ui.console.width = 250  # tables are checked for names: no folding
+            tlbench.cli.main.main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
@@ -84,10 +84,11 @@ def skip_pictures(monkeypatch) -> None:
     keep the real rendering so unusual records go through it.
     """
     try:
-        import tlbench.plots
+        import tlbench.report.plots
     except ImportError:
         return
-    monkeypatch.setattr(tlbench.plots, "render_all", lambda *args, **kwargs: None, raising=False)
+    no_plots = lambda *args, **kwargs: None  # noqa: E731
+    monkeypatch.setattr(tlbench.report.plots, "render_all", no_plots, raising=False)
 
 
 def output_args(tmp_path: Path) -> list[str]:

@@ -34,7 +34,7 @@ def register_tiny(monkeypatch: pytest.MonkeyPatch, synth: Path) -> TinyPlugin:
 def register_plugin(monkeypatch: pytest.MonkeyPatch, plugin, name: str):
     """``plugin`` registered (as ``name``) in every plugin manager made from now until
     ``monkeypatch`` is undone, on top of whatever the current factory registers."""
-    import tlbench.registry as registry
+    import tlbench.plugins.registry as registry
 
     original = registry.get_plugin_manager
 

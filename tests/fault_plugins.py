@@ -9,9 +9,9 @@ import torch
 from plugin_fixtures import tiny_staged
 from torch import nn
 
-from tlbench.hookspecs import hookimpl
-from tlbench.model import StagedModel
-from tlbench.specs import BackboneSpec, Phase, StrategySpec
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.model import StagedModel
+from tlbench.api.specs import BackboneSpec, Phase, StrategySpec
 
 OOM_LIMIT = 16  # oom_over_16: training batches above this "run out of CUDA memory"
 NAN_AFTER = 5  # nan_after_5: training forward passes after this one produce NaN

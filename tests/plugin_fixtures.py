@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlbench.api.errors import DataUnavailable
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.model import StagedModel
+from tlbench.api.specs import BackboneSpec, DatasetSpec
 from tlbench.data.idx import write_idx
 from tlbench.data.sources import find_idx_files, load_idx_dir
-from tlbench.errors import DataUnavailable
-from tlbench.hookspecs import hookimpl
-from tlbench.model import StagedModel
-from tlbench.specs import BackboneSpec, DatasetSpec
 
 IMAGE_SIDE = 12
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tlbench.hookspecs import hookimpl
+from tlbench.api.hookspecs import hookimpl
 
 
 class WorkerEvents:

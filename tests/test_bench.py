@@ -10,18 +10,18 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-import tlbench.bench as bench
-from tlbench import leaderboard
-from tlbench import registry as plugin_registry
-from tlbench.bench import CONTRACT_KEYS, ModelFlops, PhaseWork, Work
-from tlbench.cli import app
-from tlbench.device import resolve_device
-from tlbench.errors import TlbenchError
-from tlbench.flops import count_flops, matmul_peak, model_flops, train_step_flops
-from tlbench.model import StagedModel
-from tlbench.plan import Cell, make_settings
-from tlbench.runner import Runner
-from tlbench.specs import Phase
+import tlbench.perf.bench as bench
+from tlbench.api.errors import TlbenchError
+from tlbench.api.model import StagedModel
+from tlbench.api.specs import Phase
+from tlbench.cli.main import app
+from tlbench.perf.bench import CONTRACT_KEYS, ModelFlops, PhaseWork, Work
+from tlbench.perf.flops import count_flops, matmul_peak, model_flops, train_step_flops
+from tlbench.plan.settings import Cell, make_settings
+from tlbench.plugins import registry as plugin_registry
+from tlbench.report import leaderboard
+from tlbench.run.runner import Runner
+from tlbench.train.device import resolve_device
 
 BENCH = [
     "bench",
@@ -46,7 +46,7 @@ BENCH = [
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
     """Tiny workloads on a shared 2-core box: one thread avoids OpenMP oversubscription."""
-    monkeypatch.setattr("tlbench.device.available_cores", lambda: 1)
+    monkeypatch.setattr("tlbench.train.device.available_cores", lambda: 1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -137,7 +137,7 @@ def test_bench_table_saved_file_and_performance_section(tiny_plugin, monkeypatch
 
 
 def test_cuda_out_of_memory_halves_the_batch_and_records_it(tiny_plugin, monkeypatch):
-    import tlbench.runner as runner_module
+    import tlbench.run.runner as runner_module
 
     real_train = runner_module.CellTrainer.train
 
@@ -176,7 +176,7 @@ def test_run_augment_turns_the_cache_off_in_the_record(tiny_plugin, tmp_path):
 
 
 def test_main_job_before_and_after_table(tmp_path):
-    from tlbench.bench_report import main_job_markdown
+    from tlbench.report.bench_tables import main_job_markdown
 
     def run(label: str, seconds: dict, strategy_names: dict) -> None:
         folder = tmp_path / "mainjob" / label
@@ -204,7 +204,7 @@ def test_main_job_before_and_after_table(tmp_path):
 def test_performance_section_splits_cpu_and_gpu_and_checks_targets(tmp_path):
     from pathlib import Path
 
-    from tlbench.bench_report import performance_markdown
+    from tlbench.report.bench_tables import performance_markdown
 
     bench_dir = Path(__file__).parent.parent / "results" / "bench"
     cpu = json.loads((bench_dir / "cpu-2core-resnet18-full-mnist-64px.json").read_text())

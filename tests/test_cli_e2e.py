@@ -13,9 +13,9 @@ from conftest import register_tiny
 from plugin_fixtures import write_synthetic_idx
 from typer.testing import CliRunner
 
-from tlbench.cli import app
-from tlbench.errors import UnknownNameError
-from tlbench.records import RECORDS_FILE
+from tlbench.api.errors import UnknownNameError
+from tlbench.cli.main import app
+from tlbench.store.records import RECORDS_FILE
 
 RUN = [
     "run",
@@ -46,9 +46,9 @@ FOUR = "linear_probe,partial,full,two_stage"  # the foundation's strategies (+ s
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
     """Tables are checked for names, so do not let rich fold them at 80 columns."""
-    import tlbench.cli
+    import tlbench.cli.main
 
-    monkeypatch.setattr(tlbench.cli.console, "width", 250)
+    monkeypatch.setattr(tlbench.cli.ui.console, "width", 250)
 
 
 def invoke(args: list[str]):

@@ -13,11 +13,11 @@ from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pict
 from plugin_fixtures import tiny_staged
 from torch import nn
 
-import tlbench.registry as registry
-from tlbench.data.loaded import LoadedDataset
-from tlbench.hookspecs import hookimpl
-from tlbench.model import StagedModel
-from tlbench.specs import BackboneSpec, DatasetSpec, Phase, StrategySpec
+import tlbench.plugins.registry as registry
+from tlbench.api.dataset import LoadedDataset
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.model import StagedModel
+from tlbench.api.specs import BackboneSpec, DatasetSpec, Phase, StrategySpec
 
 PLUGIN = "acme:mistakes"
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlbench import leaderboard
-from tlbench.adapt import BatchAdapter
-from tlbench.errors import DuplicateNameError, TlbenchError, UnknownNameError
-from tlbench.metrics import confusion_matrix, epochs_to_threshold, per_class_scores
-from tlbench.plan import parse_seeds, parse_thresholds
-from tlbench.records import append_record, finished_hashes, load_records
-from tlbench.registry import Registry, load_registry
-from tlbench.specs import StrategySpec
+from tlbench.api.errors import DuplicateNameError, TlbenchError, UnknownNameError
+from tlbench.api.specs import StrategySpec
+from tlbench.data.preprocess import BatchAdapter
+from tlbench.plan.settings import parse_seeds, parse_thresholds
+from tlbench.plugins.registry import Registry, load_registry
+from tlbench.report import leaderboard
+from tlbench.store.records import append_record, finished_hashes, load_records
+from tlbench.train.metrics import confusion_matrix, epochs_to_threshold, per_class_scores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_per_class_scores_hand_computed():
 
 
 def minimal_record(config_hash: str) -> dict:
-    """The least an ``ok`` record must hold to validate (tlbench/schema.py)."""
+    """The least an ``ok`` record must hold to validate (tlbench/store/schema.py)."""
     identity = {"backbone": "b", "strategy": "s", "dataset": "d", "seed": 0, "weights": "random"}
     return {
         **identity,

@@ -18,18 +18,18 @@ import torch
 import torch.nn.functional as F
 from plugin_fixtures import TinyPlugin, tiny_staged, write_synthetic_idx
 
-import tlbench.registry as plugin_registry
-from tlbench.adapt import BatchAdapter
-from tlbench.cells import canonical_strategy
+import tlbench.plugins.registry as plugin_registry
+from tlbench.api.specs import Phase
+from tlbench.backbones.weights import WeightsChoice
+from tlbench.data.preprocess import BatchAdapter
 from tlbench.data.sources import find_idx_files, load_idx_dir
 from tlbench.data.splits import make_splits
-from tlbench.device import resolve_device
-from tlbench.features import FeatureCache, _autocast
-from tlbench.plan import Cell, make_settings
-from tlbench.runner import Runner
-from tlbench.specs import Phase
-from tlbench.train import Batch, CellTrainer, TrainConfig
-from tlbench.weights import WeightsChoice
+from tlbench.plan.cells import canonical_strategy
+from tlbench.plan.settings import Cell, make_settings
+from tlbench.run.runner import Runner
+from tlbench.train.device import resolve_device
+from tlbench.train.feature_cache import FeatureCache, _autocast
+from tlbench.train.loop import Batch, CellTrainer, TrainConfig
 
 pytestmark = [
     pytest.mark.cuda,
@@ -248,7 +248,7 @@ def runner_and_cell(tmp_path, synth_root, batch, resolution, strategy="full"):
 def test_runner_keeps_uint8_data_on_the_device(tmp_path):
     root = write_synthetic_idx(tmp_path / "synth", n_train=1200, n_test=200)
     runner, cell = runner_and_cell(tmp_path, root, 64, 32, "linear_probe")
-    splits, _ = runner.splits_for(cell)
+    splits, _ = runner.workspace.splits_for(cell)
     for tensor in (splits.train_images, splits.val_images, splits.test_images):
         assert tensor.device.type == "cuda" and tensor.dtype == torch.uint8
     record = runner.run_cell(cell)
@@ -271,8 +271,8 @@ def test_real_out_of_memory_halves_the_batch_and_retries(tmp_path):
     del probe_runner
     gc_free()
     runner, cell = runner_and_cell(tmp_path, root, 256, resolution)
-    runner.splits_for(cell)
-    per_image = saved_bytes_per_image(runner._backbone(cell), resolution)
+    runner.workspace.splits_for(cell)
+    per_image = saved_bytes_per_image(runner.workspace.backbone(cell), resolution)
     gc_free()  # blocks the allocator keeps cached would be room that mem_get_info hides
     free, _total = torch.cuda.mem_get_info()
     # batch 256 keeps >= 256 x per_image for the backward pass: it cannot fit; batch 16

@@ -16,10 +16,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tlbench.api.dataset import LoadedDataset
+from tlbench.api.errors import TlbenchError
 from tlbench.builtin import datasets as builtin_datasets
 from tlbench.data import sources
 from tlbench.data.idx import read_idx, read_idx_pair, write_idx
-from tlbench.data.loaded import LoadedDataset
 from tlbench.data.sources import (
     IDX_STEMS,
     DebianSource,
@@ -31,7 +32,6 @@ from tlbench.data.sources import (
     probe_first,
 )
 from tlbench.data.splits import holdout_validation, make_splits, stratified_subsample
-from tlbench.errors import TlbenchError
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Faults during a run: each is injected, and no finished record may be lost or doubled.
 
-In-process runs go through ``tlbench.cli.main`` (the console script's code path); the
+In-process runs go through ``tlbench.cli.main.main`` (the console script's code path); the
 signal and ``kill -9`` tests run the CLI as a real subprocess (``tests/tiny_cli.py``).
 """
 
@@ -27,13 +27,13 @@ from cli_helpers import (
 )
 from fault_plugins import NAN_AFTER, OOM_LIMIT, FaultPlugin
 
-from tlbench.records import CorruptRecordWarning, load_records
+from tlbench.store.records import CorruptRecordWarning, load_records
 
 
 @pytest.fixture
 def faults(tiny_plugin, monkeypatch):
     """The tiny plugin plus the faulty backbones and strategy of ``fault_plugins``."""
-    import tlbench.registry as registry
+    import tlbench.plugins.registry as registry
 
     with_tiny = registry.get_plugin_manager
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from plugin_fixtures import tiny_staged
 
-from tlbench.adapt import BatchAdapter, RandomShift
+from tlbench.api.specs import Phase
+from tlbench.backbones.weights import WeightsChoice
+from tlbench.data.preprocess import BatchAdapter, RandomShift
 from tlbench.data.sources import find_idx_files, load_idx_dir
 from tlbench.data.splits import make_splits
-from tlbench.features import FeatureCache, compute_prefix
-from tlbench.specs import Phase
-from tlbench.train import CellTrainer, TrainConfig
-from tlbench.weights import WeightsChoice
+from tlbench.train.feature_cache import FeatureCache, compute_prefix
+from tlbench.train.loop import CellTrainer, TrainConfig
 
 ATOL, RTOL = 1e-5, 1e-4
 CPU = torch.device("cpu")

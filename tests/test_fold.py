@@ -8,9 +8,9 @@ from plugin_fixtures import tiny_staged
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from tlbench.fold import ATOL, RTOL, folded_prefix
-from tlbench.model import StagedModel
-from tlbench.weights import WeightsChoice
+from tlbench.api.model import StagedModel
+from tlbench.backbones.weights import WeightsChoice
+from tlbench.train.bn_fold import ATOL, RTOL, folded_prefix
 
 
 def batch_norms(module: nn.Module) -> int:

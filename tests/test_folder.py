@@ -14,9 +14,9 @@ from image_folders import SHAPES, write_folder
 from PIL import Image
 
 import tlbench.data.folder as folder
+from tlbench.api.errors import TlbenchError
 from tlbench.data.folder import FolderRequest, load_folder
 from tlbench.data.splits import make_splits
-from tlbench.errors import TlbenchError
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from tests_helpers import run_tiny
 
-from tlbench.hookspecs import hookimpl
-from tlbench.specs import Phase, StrategySpec
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import Phase, StrategySpec
 
 
 def _keep_bn_training(model, arg):
@@ -103,8 +103,8 @@ def test_bn_modes_per_policy():
     """Frozen stages always eval; trained stages' BatchNorm follows the phase's policy."""
     from torch import nn
 
-    from tlbench.model import StagedModel
-    from tlbench.train import set_phase_modes
+    from tlbench.api.model import StagedModel
+    from tlbench.train.loop import set_phase_modes
 
     stages = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)) for _ in range(2)]
     model = StagedModel(
@@ -124,9 +124,9 @@ def test_two_stage_keeps_head_optimizer_state(tiny_plugin, tmp_path):
     """The phase change adds the backbone at LR x 0.1; the head keeps its LR and moments."""
     import torch
 
+    from tlbench.api.model import StagedModel
     from tlbench.builtin.strategies import two_stage
-    from tlbench.model import StagedModel
-    from tlbench.train import trainable_groups
+    from tlbench.train.loop import trainable_groups
 
     phases = two_stage(3, None)
     assert [p.bn for p in phases] == ["train", "frozen"]  # head-only phase: no stage trains
@@ -142,7 +142,7 @@ def test_two_stage_keeps_head_optimizer_state(tiny_plugin, tmp_path):
 def test_phase_change_carries_adam_state():
     import torch
 
-    from tlbench.train import carry_state
+    from tlbench.train.loop import carry_state
 
     head, stage = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     first = torch.optim.Adam(head.parameters(), lr=0.1)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import TINY_RUN, records_path, run_main, skip_pictures
 
-from tlbench import leaderboard
-from tlbench.records import RECORDS_FILE, RecordRefused, append_record, load_records
+from tlbench.report import leaderboard
+from tlbench.store.records import RECORDS_FILE, RecordRefused, append_record, load_records
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = json.loads(
@@ -233,7 +233,7 @@ def test_names_cannot_inject_markdown_or_html(tmp_path):
 def test_the_header_shows_the_evaluations_that_ran_not_only_those_asked():
     """--evals-per-epoch above the steps per epoch is capped by the trainer: the leaderboard
     header says how many points per epoch the curves hold, and what was asked."""
-    from tlbench.leaderboard import _evals_setting
+    from tlbench.report.leaderboard import _evals_setting
 
     capped = [{"curve": [[e / 3, 50.0] for e in range(1, 7)], "epoch_budget": 2}]
     assert _evals_setting(100, capped) == "3 (100 asked; capped at one per training step)"

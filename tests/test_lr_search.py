@@ -6,10 +6,10 @@ import pytest
 import torch
 from tests_helpers import run_tiny, tiny_cells_runner
 
-from tlbench import lr_search
-from tlbench.errors import TlbenchError
-from tlbench.plan import parse_lr
-from tlbench.records import load_records
+from tlbench.api.errors import TlbenchError
+from tlbench.plan.settings import parse_lr
+from tlbench.store.records import load_records
+from tlbench.train import lr_search
 
 GRID = (0.001, 0.01, 0.1)
 
@@ -18,11 +18,11 @@ class GridStrategy:
     """linear_probe with a grid of three LRs, so the tests stay quick: ``probe3`` trains
     every candidate to the end, ``halve3`` prunes by successive halving."""
 
-    from tlbench.hookspecs import hookimpl
+    from tlbench.api.hookspecs import hookimpl
 
     @hookimpl
     def register_strategies(self, register):
-        from tlbench.specs import Phase, StrategySpec
+        from tlbench.api.specs import Phase, StrategySpec
 
         def head(n, a):
             return [Phase("head")]
@@ -46,9 +46,9 @@ def test_auto_trains_every_candidate_and_keeps_the_best_on_validation(tiny_plugi
 def test_the_choice_never_reads_test(tiny_plugin, tmp_path, monkeypatch):
     """Poisoned test labels change the test accuracy, never the LR choice."""
     clean = run_tiny(tmp_path / "clean", "probe3", extra_plugins=[GridStrategy()], lr=None)
-    import tlbench.runner as runner_module
+    import tlbench.run.workspace as workspace_module
 
-    original = runner_module.make_splits
+    original = workspace_module.make_splits
 
     def poisoned(*args, **kwargs):
         splits = original(*args, **kwargs)
@@ -58,7 +58,7 @@ def test_the_choice_never_reads_test(tiny_plugin, tmp_path, monkeypatch):
         ]
         return splits
 
-    monkeypatch.setattr(runner_module, "make_splits", poisoned)
+    monkeypatch.setattr(workspace_module, "make_splits", poisoned)
     dirty = run_tiny(tmp_path / "dirty", "probe3", extra_plugins=[GridStrategy()], lr=None)
     assert dirty["final_accuracy"] != clean["final_accuracy"]  # the poison reached test
     for key in ("grid", "candidates", "chosen"):
@@ -174,10 +174,10 @@ def test_a_resumed_trainer_trains_exactly_as_one_call(tiny_plugin, tmp_path):
     curve and the same final weights, bit for bit (what halving relies on)."""
     runner, cells = tiny_cells_runner(tmp_path, "partial:1", seeds=[0], lr=0.01)
     torch.manual_seed(0)
-    whole = runner._trainer(cells[0], 32, 0.01)
+    whole = runner.trainer(cells[0], 32, 0.01)
     whole.train()
     torch.manual_seed(0)
-    halves = runner._trainer(cells[0], 32, 0.01)
+    halves = runner.trainer(cells[0], 32, 0.01)
     rung = halves.rung_eval_step(lr_search.HALVING_ETA)
     assert 0 < rung < halves.total_steps
     halves.train(rung)
@@ -216,11 +216,11 @@ def test_bad_lr_is_a_clear_error(text):
 def test_untimed_steps_are_null_not_zero(tiny_plugin, tmp_path):
     """One step per phase: nothing past the warm-up is timed, so the step-only rate is
     None ("–" in tables) while the end-to-end rate and the inference rate are measured."""
-    import tlbench.registry as plugin_registry
-    from tlbench.device import resolve_device
-    from tlbench.plan import Cell, make_settings
-    from tlbench.runner import Runner
-    from tlbench.stats import format_mean_std, summarize
+    import tlbench.plugins.registry as plugin_registry
+    from tlbench.plan.settings import Cell, make_settings
+    from tlbench.report.stats import format_mean_std, summarize
+    from tlbench.run.runner import Runner
+    from tlbench.train.device import resolve_device
 
     pm = plugin_registry.get_plugin_manager()
     settings = make_settings(
@@ -252,11 +252,11 @@ def test_the_halving_point_waits_for_the_last_phase(tiny_plugin, tmp_path):
     """Ranked before its fine-tuning phase starts, two_stage would pick the head's LR: the
     rung is the validation point nearest 1/eta of the budget once every phase has begun."""
     runner, cells = tiny_cells_runner(tmp_path, "two_stage", seeds=[0], lr=0.01)
-    staged = runner._trainer(cells[0], 32, 0.01)
+    staged = runner.trainer(cells[0], 32, 0.01)
     last_start = max(staged.phase_boundaries())
     assert 0 < last_start and last_start < staged.rung_eval_step(3) < staged.total_steps
     runner, cells = tiny_cells_runner(tmp_path, "full", seeds=[0], lr=0.01)
-    whole = runner._trainer(cells[0], 32, 0.01)
+    whole = runner.trainer(cells[0], 32, 0.01)
     assert whole.rung_eval_step(2) == whole.steps_per_epoch  # 2 epochs: the end of the first
     points = [s for s in whole.eval_steps() if s < whole.total_steps]
     third = min(points, key=lambda s: abs(3 * s - whole.total_steps))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tlbench import leaderboard
-from tlbench.peer_report import peer_section
+from tlbench.report import leaderboard
+from tlbench.report.peer import peer_section
 
 
 def result(dataset="mnist", logreg=(92.0, 91.0), fastai=(60.0, 50.0), lp=(90.5, 89.5),
@@ -136,7 +136,7 @@ def test_leaderboard_includes_the_section(tmp_path):
 def test_longer_linear_probe_records_explain_a_probe_miss(tmp_path):
     """Recorded linear_probe cells equal to the peer cell but for a longer budget get their
     own row, checked against the same target; other cells are ignored."""
-    from tlbench.records import append_record
+    from tlbench.store.records import append_record
 
     (tmp_path / "peer").mkdir()
     (tmp_path / "peer" / "a.json").write_text(json.dumps(result(lp=(84.0, 85.0))))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tlbench import leaderboard, plots
-from tlbench.records import append_record
+from tlbench.report import leaderboard, plots
+from tlbench.store.records import append_record
 
 CLASSES = 10
 

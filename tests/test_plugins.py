@@ -23,11 +23,11 @@ from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pict
 from fault_plugins import FaultPlugin
 from plugin_fixtures import write_synthetic_idx
 
-import tlbench.registry as registry
-from tlbench import hookspecs
-from tlbench.hookspecs import hookimpl
-from tlbench.registry import PluginLoadWarning, load_registry
-from tlbench.specs import BackboneSpec
+import tlbench.plugins.registry as registry
+from tlbench.api import hookspecs
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import BackboneSpec
+from tlbench.plugins.registry import PluginLoadWarning, load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ROOT / "plugins" / "tlbench-extras"
@@ -121,7 +121,7 @@ def test_registration_hook_that_raises_or_registers_junk_is_skipped(monkeypatch,
         "warning: tlbench plugin 'tests:raising': its register_strategies hook failed and its "
         "strategies were skipped: KeyError: 'config.yaml'",
         "warning: tlbench plugin 'j:x': its register_datasets hook failed and its datasets "
-        "were skipped: TypeError: registered a dict, expected a tlbench.specs.DatasetSpec",
+        "were skipped: TypeError: registered a dict, expected a tlbench.api.specs.DatasetSpec",
     ]
     assert "linear_probe" in result.out
 
@@ -135,7 +135,7 @@ class DuplicateTiny:
 class DuplicateBuiltin:
     @hookimpl
     def register_strategies(self, register):
-        from tlbench.specs import StrategySpec
+        from tlbench.api.specs import StrategySpec
 
         register(StrategySpec("full", "my own full", lambda n, arg: []))
 
@@ -171,7 +171,7 @@ def test_duplicate_name_is_an_error_naming_both_plugins(
 def test_backbone_without_a_staged_model_stops_the_run_naming_the_plugin(
     monkeypatch, tiny_plugin, tmp_path
 ):
-    """A backbone that breaks the contract is found before training (tlbench.contract)."""
+    """A backbone that breaks the contract is found before training (tlbench.run.contract)."""
     register_also(monkeypatch, (FaultPlugin(), "acme-nets:backbones"))
     args = TINY_RUN + ["--backbones", "not_staged,wrong_width,tiny", "--strategies", "full"]
     result = run_main(args + output_args(tmp_path))
@@ -180,9 +180,9 @@ def test_backbone_without_a_staged_model_stops_the_run_naming_the_plugin(
     assert [line.strip() for line in result.err_lines()] == [
         "error: 2 plugin contract violations; nothing ran:",
         "backbone 'not_staged' from plugin 'acme-nets:backbones': build() "
-        "returned a Sequential, expected a tlbench.model.StagedModel (ordered stages ending "
+        "returned a Sequential, expected a tlbench.api.model.StagedModel (ordered stages ending "
         "in pooled features, no classifier); split it with "
-        "tlbench.backbones_util.staged_from_layout.",
+        "tlbench.backbones.sources.staged_from_layout.",
         "backbone 'wrong_width' from plugin 'acme-nets:backbones': its stages "
         "output shape (1, 16) for one image, but num_features=32; the last stage must pool "
         "to [batch, num_features] so tlbench can attach the classifier head.",
@@ -215,7 +215,7 @@ def test_guide_examples_match_the_package():
 
 SESSION = """
 import json, sys
-from tlbench.cli import main
+from tlbench.cli.main import main
 commands, tests = json.loads(sys.argv[1]), sys.argv[2:]
 for argv in commands:  # one process: torch and timm are imported once
     print("$ tlbench " + " ".join(argv), flush=True)

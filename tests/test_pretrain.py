@@ -9,12 +9,12 @@ import pytest
 import torch
 from tests_helpers import run_tiny
 
-import tlbench.pretrain as pretrain
-from tlbench.cells import Choices, expand
-from tlbench.errors import UnknownNameError
-from tlbench.plan import Cell, make_settings
-from tlbench.registry import load_registry
-from tlbench.weights import WeightsChoice
+import tlbench.run.pretrain as pretrain
+from tlbench.api.errors import UnknownNameError
+from tlbench.backbones.weights import WeightsChoice
+from tlbench.plan.cells import Choices, expand
+from tlbench.plan.settings import Cell, make_settings
+from tlbench.plugins.registry import load_registry
 
 
 @pytest.fixture
@@ -48,8 +48,8 @@ def test_checkpoint_is_trained_once_then_reused(tiny_plugin, tmp_path, model_cac
 
 
 def test_loaded_backbone_equals_checkpoint(tiny_plugin, tmp_path, model_cache):
-    from tlbench.device import resolve_device
-    from tlbench.runner import Runner
+    from tlbench.run.runner import Runner
+    from tlbench.train.device import resolve_device
 
     registry = load_registry()
     settings = make_settings(False, 0.01, 2, epochs=1, batch_size=32, resolution=16,

@@ -16,15 +16,15 @@ from cli_helpers import TINY_RUN, output_args, records_path, run_main, skip_pict
 from plugin_fixtures import TinyPlugin, tiny_staged, write_synthetic_idx
 
 import tlbench
-import tlbench.registry as plugin_registry
+import tlbench.plugins.registry as plugin_registry
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import DatasetSpec
+from tlbench.backbones.weights import WeightsChoice
 from tlbench.data.idx import read_idx, write_idx
-from tlbench.device import resolve_device
-from tlbench.hookspecs import hookimpl
-from tlbench.plan import Cell, make_settings, parse_thresholds
-from tlbench.records import REQUIRED_CONFIG_KEYS, SCHEMA_VERSION, row_hash
-from tlbench.runner import Runner
-from tlbench.specs import DatasetSpec
-from tlbench.weights import WeightsChoice
+from tlbench.plan.settings import Cell, make_settings, parse_thresholds
+from tlbench.run.runner import Runner
+from tlbench.store.records import REQUIRED_CONFIG_KEYS, SCHEMA_VERSION, row_hash
+from tlbench.train.device import resolve_device
 
 
 def settings(lr: float = 0.01, train_size=200):
@@ -144,8 +144,8 @@ def test_lr_auto_rows_with_their_own_grids_share_a_run_directory(tiny_plugin, tm
     """Under --lr auto each strategy's grid is in its config: a per-cell key, so resuming
     a run of several strategies is accepted, while a changed grid for a recorded row is
     refused (exit 2) like any other changed setting."""
-    from tlbench.errors import TlbenchError
-    from tlbench.provenance import check_same_settings
+    from tlbench.api.errors import TlbenchError
+    from tlbench.run.provenance import check_same_settings
 
     full, probe = (finalized(strategy=s, lr=None) for s in ("full", "linear_probe"))
     assert full.config()["lr_search"]["grid"] != probe.config()["lr_search"]["grid"]
@@ -165,7 +165,7 @@ def test_seeds_vary_the_training_subset_but_not_validation_or_test(tiny_plugin):
     runner = Runner(plugin_registry.collect(pm), pm.hook, resolve_device("cpu"), None)
 
     def splits(seed: int, train_size=200):
-        return runner.splits_for(Cell("tiny", "full", "synth", seed, "imagenet", 16, 95.0,
+        return runner.workspace.splits_for(Cell("tiny", "full", "synth", seed, "imagenet", 16, 95.0,
                                       settings(train_size=train_size)))[0]  # fmt: skip
 
     a, b, again = splits(0), splits(1), splits(0)
@@ -178,7 +178,7 @@ def test_seeds_vary_the_training_subset_but_not_validation_or_test(tiny_plugin):
 
     strategy = runner.registry.get("strategies", "linear_probe")
     keys = [
-        runner._cache_key(
+        runner.workspace.cache_key(
             Cell(
                 "tiny",
                 "linear_probe",

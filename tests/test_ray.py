@@ -26,9 +26,9 @@ from cli_helpers import (
 )
 from ray_helpers import WorkerEvents, wait_for_line
 
-from tlbench.executors import RAY_MISSING
-from tlbench.executors.groups import group_cells, group_rows
-from tlbench.plan import Cell, make_settings
+from tlbench.plan.settings import Cell, make_settings
+from tlbench.run.executors import RAY_MISSING
+from tlbench.run.executors.groups import group_cells, group_rows
 
 TESTS = Path(__file__).parent
 FAKE_GPUS = 2  # a custom resource standing in for GPUs: the multi-GPU path without one
@@ -188,7 +188,7 @@ def test_without_ray_the_ray_executor_is_a_one_line_error(tiny_plugin, monkeypat
 def test_a_killed_worker_fails_its_cell_the_run_goes_on_and_a_rerun_completes_it(
     ray_address, tiny_plugin, no_pictures, monkeypatch, tmp_path
 ):
-    import tlbench.registry as registry
+    import tlbench.plugins.registry as registry
 
     events = tmp_path / "events"
     with_tiny = registry.get_plugin_manager
@@ -310,7 +310,7 @@ def test_one_worker_per_gpu_with_a_custom_resource_standing_in_for_gpus(
     runtime has 2) instead of ``GPU``; everything else is the path a GPU run takes."""
     from tests_helpers import tiny_cells_runner
 
-    from tlbench.executors.ray_cluster import RayExecutor
+    from tlbench.run.executors.ray_cluster import RayExecutor
 
     runner, imagenet = tiny_cells_runner(tmp_path, "linear_probe", seeds=(0, 1))
     _, random = tiny_cells_runner(tmp_path, "linear_probe", weights="random", seeds=(0, 1))
@@ -331,8 +331,8 @@ def read_lines(path: Path) -> list[str]:
 
 
 def test_worker_shape_one_per_gpu_or_per_cpu_share():
-    from tlbench.errors import TlbenchError
-    from tlbench.executors.ray_cluster import worker_shape
+    from tlbench.api.errors import TlbenchError
+    from tlbench.run.executors.ray_cluster import worker_shape
 
     eight = worker_shape({"CPU": 64.0, "GPU": 8.0}, cuda=True, groups=30)
     assert (eight.count, eight.options) == (8, {"num_gpus": 1, "num_cpus": 0})

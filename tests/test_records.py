@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tlbench.records import RECORDS_FILE, REQUIRED_CONFIG_KEYS, REQUIRED_KEYS, SCHEMA_VERSION
+from tlbench.store.records import RECORDS_FILE, REQUIRED_CONFIG_KEYS, REQUIRED_KEYS, SCHEMA_VERSION
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 # the performance issue's before/after main-job timings (run.json names each commit),

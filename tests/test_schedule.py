@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from tests_helpers import tiny_cells_runner
 
-from tlbench.errors import TlbenchError
-from tlbench.plan import make_settings
-from tlbench.schedule import lr_factor
+from tlbench.api.errors import TlbenchError
+from tlbench.plan.settings import make_settings
+from tlbench.train.schedule import lr_factor
 
 
 def test_cosine_warms_up_then_decays_to_zero():
@@ -28,7 +28,7 @@ def test_every_phase_group_follows_the_schedule(tiny_plugin, tmp_path):
     cell = dataclasses.replace(
         cells[0], settings=dataclasses.replace(cells[0].settings, schedule="cosine")
     )
-    trainer = runner._trainer(cell, 32, 0.01)
+    trainer = runner.trainer(cell, 32, 0.01)
     stop = trainer.total_steps - 2
     trainer.train(stop)
     groups = trainer.optimizer.param_groups

@@ -8,10 +8,10 @@ import pytest
 from cli_helpers import read_records, run_main, skip_pictures
 from test_contract import dataset
 
-import tlbench.registry as registry
-from tlbench.hookspecs import hookimpl
-from tlbench.sizes import with_dataset_defaults
-from tlbench.specs import DatasetSpec
+import tlbench.plugins.registry as registry
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import DatasetSpec
+from tlbench.plan.sizes import with_dataset_defaults
 
 RUN = ["run", "--backbones", "tiny", "--strategies", "linear_probe", "--resolution", "16"]
 RUN += ["--epochs", "1", "--lr", "0.01", "--no-reference", "--run-name", "t"]

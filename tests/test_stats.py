@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from tlbench.metrics import confidence_stats
-from tlbench.stats import (
+from tlbench.report.stats import (
     format_censored,
     format_ci,
     format_mean_std,
@@ -19,6 +18,7 @@ from tlbench.stats import (
     t_quantile,
     t_within,
 )
+from tlbench.train.metrics import confidence_stats
 
 # Two-sided 95% critical values of Student's t (any printed table).
 T_TABLE = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 10: 2.2281,
@@ -130,7 +130,7 @@ def test_confidence_and_ece_by_hand():
 
 def _record(strategy, seed, correct, lr=0.001, **extra):
     """An ok record whose test_correct holds ``correct`` (bools, the test split's order)."""
-    from tlbench.metrics import encode_correct
+    from tlbench.train.metrics import encode_correct
 
     correct = torch.as_tensor(correct, dtype=torch.bool)
     config = {"dataset": "d", "backbone": "b", "strategy": strategy, "weights": "imagenet",
@@ -153,7 +153,7 @@ def _hits(count, total=1000, offset=0):
 
 
 def test_rows_never_pool_different_configs():
-    from tlbench.leaderboard import dataset_table
+    from tlbench.report.leaderboard import dataset_table
 
     records = [_record("full", s, _hits(900), lr=1e-3) for s in (0, 1)]
     records += [_record("full", s, _hits(800), lr=1e-2) for s in (0, 1)]  # only lr differs
@@ -167,7 +167,7 @@ def test_rows_never_pool_different_configs():
 
 
 def test_bootstrap_interval_is_reproducible_and_binomial_with_one_seed():
-    from tlbench.stats import bootstrap_interval
+    from tlbench.report.stats import bootstrap_interval
 
     one = _hits(900).double().numpy()[None, :]
     low, high = bootstrap_interval(one)
@@ -177,7 +177,7 @@ def test_bootstrap_interval_is_reproducible_and_binomial_with_one_seed():
 
 
 def test_verdict_needs_three_paired_seeds():
-    from tlbench.leaderboard import paired_table
+    from tlbench.report.leaderboard import paired_table
 
     def run(seeds):
         records = [_record("full", s, _hits(950, offset=s)) for s in seeds]
@@ -191,7 +191,7 @@ def test_verdict_needs_three_paired_seeds():
 
 
 def test_equal_per_seed_differences_still_have_a_ci_of_positive_width():
-    from tlbench.stats import bootstrap_summary, verdict
+    from tlbench.report.stats import bootstrap_summary, verdict
 
     # -1.0 pp on every seed (the rounding-free analogue of bitfit's "-31.70 ± 0.00"): full
     # alone is right on 60 images, the other alone on 50; the same for each seed
@@ -207,8 +207,8 @@ def test_equal_per_seed_differences_still_have_a_ci_of_positive_width():
 
 
 def test_records_without_per_image_correctness_fall_back_to_t_and_never_judge_two_seeds():
-    from tlbench.leaderboard import paired_table
-    from tlbench.stats import verdict
+    from tlbench.report.leaderboard import paired_table
+    from tlbench.report.stats import verdict
 
     records = [_record("full", s, _hits(950)) for s in (0, 1)]
     records += [_record("bitfit", s, _hits(650)) for s in (0, 1)]
@@ -222,7 +222,7 @@ def test_records_without_per_image_correctness_fall_back_to_t_and_never_judge_tw
 
 
 def test_row_accuracy_interval_and_bn_lr_columns():
-    from tlbench.leaderboard import dataset_table
+    from tlbench.report.leaderboard import dataset_table
 
     records = [
         _record("two_stage", s, _hits(900 + s), bn_policy="frozen,train", lr_chosen=lr)
@@ -240,8 +240,7 @@ def test_row_accuracy_interval_and_bn_lr_columns():
 
 
 def test_rows_of_the_same_names_are_told_apart_in_pictures():
-    from tlbench import plots
-
+    from tlbench.report import plots
     records = [_record("full", s, _hits(900), lr=1e-3) for s in (0, 1)]
     records += [_record("full", s, _hits(800), lr=1e-2) for s in (0, 1)]
     rows = group_rows(records)
@@ -251,7 +250,7 @@ def test_rows_of_the_same_names_are_told_apart_in_pictures():
 
 
 def test_few_seeds_widen_the_bootstrap_to_the_t_interval():
-    from tlbench.stats import bootstrap_summary, verdict
+    from tlbench.report.stats import bootstrap_summary, verdict
 
     # per-seed differences +17, +9, +1 pp (images 0..99 right for "other" only on some)
     full = {s: _hits(500).numpy() for s in range(3)}

@@ -19,18 +19,18 @@ import torch
 from tests_helpers import run_tiny
 from torch import nn
 
+from tlbench.api.errors import TlbenchError
+from tlbench.api.model import StagedModel
+from tlbench.backbones.lora import add_lora, is_lora_param, lora_param_count
 from tlbench.builtin.strategies import (
     STRATEGIES,
     gradual_unfreeze,
     register_strategies,
 )
-from tlbench.cells import REFERENCE, Choices, expand
-from tlbench.errors import TlbenchError
-from tlbench.lora import add_lora, is_lora_param, lora_param_count
-from tlbench.model import StagedModel
-from tlbench.plan import make_settings
-from tlbench.registry import load_registry
-from tlbench.train import CellTrainer
+from tlbench.plan.cells import REFERENCE, Choices, expand
+from tlbench.plan.settings import make_settings
+from tlbench.plugins.registry import load_registry
+from tlbench.train.loop import CellTrainer
 
 HEAD = 16 * 10 + 10
 CONV = {0: 3 * 8 * 9, 1: 8 * 16 * 9, 2: 16 * 16 * 9}
@@ -205,7 +205,7 @@ def test_scratch_trains_everything_from_random(tiny_plugin, tmp_path):
 def tiny_model() -> StagedModel:
     from plugin_fixtures import tiny_staged
 
-    from tlbench.weights import WeightsChoice
+    from tlbench.backbones.weights import WeightsChoice
 
     torch.manual_seed(0)
     model = tiny_staged(WeightsChoice("random"))
@@ -232,8 +232,8 @@ def test_lora_starts_as_the_identity_and_learns_a_low_rank_delta():
 
 def test_lora_adapts_timm_conv_layers_of_a_real_backbone():
     """efficientnet_lite0 uses timm's Conv2dSame (TF padding) and depthwise convs."""
+    from tlbench.backbones.weights import WeightsChoice
     from tlbench.builtin.backbones import BACKBONES
-    from tlbench.weights import WeightsChoice
 
     spec = next(b for b in BACKBONES if b.name == "efficientnet_lite0").spec()
     torch.manual_seed(0)
@@ -259,10 +259,10 @@ def test_lora_adapts_timm_conv_layers_of_a_real_backbone():
 def test_list_strategies_shows_all_ten(monkeypatch):
     from typer.testing import CliRunner
 
-    import tlbench.cli
+    import tlbench.cli.main
 
-    monkeypatch.setattr(tlbench.cli.console, "width", 300)
-    result = CliRunner().invoke(tlbench.cli.app, ["list", "strategies"])
+    monkeypatch.setattr(tlbench.cli.ui.console, "width", 300)
+    result = CliRunner().invoke(tlbench.cli.main.app, ["list", "strategies"])
     assert result.exit_code == 0
     for spec in STRATEGIES:
         assert spec.name in result.output and spec.description in result.output

@@ -11,7 +11,7 @@ import pytest
 from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pictures
 
 import tlbench.data.torchvision_sets as tv
-from tlbench.errors import DataUnavailable
+from tlbench.api.errors import DataUnavailable
 
 N_TRAIN, N_TEST = 40, 20
 

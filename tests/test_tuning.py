@@ -13,15 +13,15 @@ import pytest
 import torch
 from plugin_fixtures import tiny_staged
 
-import tlbench.tuning as tuning
-from tlbench.adapt import BatchAdapter
+import tlbench.train.autotune as tuning
+from tlbench.api.specs import Phase
+from tlbench.backbones.weights import WeightsChoice
+from tlbench.data.preprocess import BatchAdapter
 from tlbench.data.sources import find_idx_files, load_idx_dir
 from tlbench.data.splits import make_splits
-from tlbench.features import FeatureCache
-from tlbench.specs import Phase
-from tlbench.train import CellTrainer, TrainConfig, set_phase_modes, trainable_groups
-from tlbench.tuning import BatchPlan, Tuner
-from tlbench.weights import WeightsChoice
+from tlbench.train.autotune import BatchPlan, Tuner
+from tlbench.train.feature_cache import FeatureCache
+from tlbench.train.loop import CellTrainer, TrainConfig, set_phase_modes, trainable_groups
 
 ATOL, RTOL = 1e-5, 1e-4
 CPU = torch.device("cpu")
@@ -149,7 +149,7 @@ def test_a_cell_records_each_phases_measured_layout(synth_dir):
     assert head == "nhwc:forward-only" and full.endswith(":measured")
     assert record["memory_format_rates"][0] is None
     assert set(record["memory_format_rates"][1]) == {"nchw", "nhwc"}
-    assert record["inference_folded_batchnorm"] is True  # tlbench.fold, tests/test_fold.py
+    assert record["inference_folded_batchnorm"] is True  # tlbench.train.bn_fold, tests/test_fold.py
     assert record["inference_batch"] == tuning.INFERENCE_TRIAL[0]  # 100 test images: no trial
 
 
@@ -195,8 +195,8 @@ def test_small_passes_and_cuda_do_not_run_the_trial():
 def test_compile_covers_every_stage_and_trial_copies_stay_eager(monkeypatch):
     import torch._dynamo
 
-    from tlbench.train import compile_stages
-    from tlbench.tuning import eager_copy
+    from tlbench.train.autotune import eager_copy
+    from tlbench.train.loop import compile_stages
 
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     model = tiny_model(0)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import tlbench.registry as plugin_registry
-from tlbench.cells import canonical_strategy
-from tlbench.device import resolve_device
-from tlbench.plan import Cell, make_settings
-from tlbench.runner import Runner
+import tlbench.plugins.registry as plugin_registry
+from tlbench.plan.cells import canonical_strategy
+from tlbench.plan.settings import Cell, make_settings
+from tlbench.run.runner import Runner
+from tlbench.train.device import resolve_device
 
 
 def run_tiny(

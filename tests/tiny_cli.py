@@ -2,7 +2,7 @@
 
 Subprocess tests (signals, ``kill -9``) run this file instead of the installed script,
 registering the plugin the way ``conftest.tiny_plugin`` does: by wrapping
-``tlbench.registry.get_plugin_manager``.  Environment:
+``tlbench.plugins.registry.get_plugin_manager``.  Environment:
 
 - ``TLBENCH_TEST_SYNTH_DIR``: the synthetic IDX directory behind dataset ``synth``;
 - ``TLBENCH_TEST_EVENTS``: a file that gets one line per cell start (``start N``);
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from plugin_fixtures import TinyPlugin  # noqa: E402
 
-import tlbench.registry  # noqa: E402
-from tlbench.hookspecs import hookimpl  # noqa: E402
+import tlbench.plugins.registry  # noqa: E402
+from tlbench.api.hookspecs import hookimpl  # noqa: E402
 
 
 class EventsPlugin:
@@ -78,7 +78,7 @@ def install() -> None:
             "tests:events",
         ),
     ]
-    original = tlbench.registry.get_plugin_manager
+    original = tlbench.plugins.registry.get_plugin_manager
 
     def with_test_plugins(load_entry_points: bool = True):
         pm = original(load_entry_points)
@@ -86,10 +86,9 @@ def install() -> None:
             pm.register(plugin, name=name)
         return pm
 
-    tlbench.registry.get_plugin_manager = with_test_plugins
+    tlbench.plugins.registry.get_plugin_manager = with_test_plugins
     if os.environ.get("TLBENCH_TEST_PICTURES") != "1":
-        from tlbench import plots
-
+        from tlbench.report import plots
         plots.render_all = lambda *args, **kwargs: None
     install_faults(plugins[1][0], os.environ.get("TLBENCH_TEST_HANG_IN", ""))
     if os.environ.get("TLBENCH_TEST_SHORT_WRITE") == "1":
@@ -97,13 +96,13 @@ def install() -> None:
 
 
 def install_faults(events: EventsPlugin, where: str) -> None:
-    import tlbench.plots
-    import tlbench.runner
+    import tlbench.report.plots
+    import tlbench.run.runner
 
     if where == "plan":
-        tlbench.runner.Runner.finalize = lambda self, cells: events.hang("plan")
+        tlbench.run.runner.Runner.finalize = lambda self, cells: events.hang("plan")
     elif where == "leaderboard":
-        tlbench.plots.render_all = lambda *args, **kwargs: events.hang("leaderboard")
+        tlbench.report.plots.render_all = lambda *args, **kwargs: events.hang("leaderboard")
     elif where == "replace":
         real = os.replace
 
@@ -145,6 +144,6 @@ def fill(path: Path) -> None:
 
 if __name__ == "__main__":
     install()
-    from tlbench.cli import main
+    from tlbench.cli.main import main
 
     main()

@@ -1,3 +1,3 @@
-from tlbench.cli import main
+from tlbench.cli.main import main
 
 main()

@@ -10,7 +10,7 @@ def test_my_plugin_keeps_the_contract(tmp_path):
 ```
 
 Every item the plugin registers is checked as a run would check it before training
-(tlbench.contract): each dataset is loaded (``data_dir``) and its tensors checked; each
+(tlbench.run.contract): each dataset is loaded (``data_dir``) and its tensors checked; each
 backbone is built with random weights and probed with one image at its input size;
 each strategy's plan is made for several stage counts.  ``tlbench check-plugin NAME``
 runs the same checks from the command line.
@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from tlbench.contract import (
+from tlbench.api.errors import DataUnavailable, PluginError, TlbenchError
+from tlbench.run.contract import (
     Item,
     backbone_violations,
     dataset_violations,
     plan_violations,
 )
-from tlbench.errors import DataUnavailable, PluginError, TlbenchError
 
 STAGE_COUNTS = (1, 3, 5, 8)  # plans are made for backbones of these stage counts
 
@@ -51,8 +51,7 @@ def check_plugin(
     """Check every item ``plugin`` registers.  ``plugin`` is a module or object with
     hook implementations, or the name of a loaded plugin (``dist:entry_point``) or of a
     distribution (all its plugins)."""
-    from tlbench import registry as plugin_registry
-
+    from tlbench.plugins import registry as plugin_registry
     pm = plugin_registry.get_plugin_manager()
     if isinstance(plugin, str):
         names = _matching(pm, plugin)
@@ -93,7 +92,7 @@ def _matching(pm, text: str) -> list[str]:
 
 
 def _check_item(report, kind, name, entry, data_dir, stage_counts, epochs) -> None:
-    from tlbench.registry import SINGULAR
+    from tlbench.plugins.registry import SINGULAR
 
     item = Item(SINGULAR[kind], name, entry.plugin)
     report.checked.append(f"{item.kind} {name!r}")
@@ -118,8 +117,8 @@ def _dataset(report: Report, item: Item, spec, data_dir, **_) -> None:
 def _backbone(report: Report, item: Item, spec, **_) -> None:
     import torch
 
-    from tlbench.runner import check_backbone
-    from tlbench.weights import WeightsChoice
+    from tlbench.backbones.weights import WeightsChoice
+    from tlbench.run.workspace import check_backbone
 
     torch.manual_seed(0)
     try:

@@ -11,8 +11,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-import tlbench.registry as plugin_registry
-from tlbench.weights import WeightsChoice
+import tlbench.plugins.registry as plugin_registry
+from tlbench.backbones.weights import WeightsChoice
 
 
 def timed(work) -> float:

@@ -10,9 +10,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-import tlbench.registry as plugin_registry
-from tlbench.device import resolve_device
-from tlbench.weights import WeightsChoice
+import tlbench.plugins.registry as plugin_registry
+from tlbench.backbones.weights import WeightsChoice
+from tlbench.train.device import resolve_device
 
 BATCH, STEPS = 256, 20
 

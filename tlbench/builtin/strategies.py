@@ -1,6 +1,6 @@
 """Built-in freeze strategies, registered through the same hook as any plugin.
 
-Each strategy is a plan of phases (see :class:`tlbench.specs.Phase`); the trainer turns
+Each strategy is a plan of phases (see :class:`tlbench.api.specs.Phase`); the trainer turns
 a phase into ``requires_grad`` flags, optimizer groups and BatchNorm modes, and verifies
 after training that everything a plan left frozen is bit-identical.
 """
@@ -12,9 +12,9 @@ from typing import Optional
 
 from torch import nn
 
-from tlbench.errors import TlbenchError
-from tlbench.hookspecs import hookimpl
-from tlbench.specs import Phase, StrategySpec
+from tlbench.api.errors import TlbenchError
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import Phase, StrategySpec
 
 TWO_STAGE_LR_SCALE = 0.1  # the seeds' method: fine-tune at a tenth of the head's LR
 # --lr auto grids (Adam).  A head on frozen features and bias/norm-only tuning move few
@@ -145,14 +145,14 @@ def norm_only(num_stages: int, arg: Optional[str]) -> list[Phase]:
 
 
 def lora(num_stages: int, arg: Optional[str]) -> list[Phase]:
-    from tlbench.lora import is_lora_param
+    from tlbench.backbones.lora import is_lora_param
 
     _int_arg("lora", arg, int(LORA_RANK))
     return [Phase("lora", train_stages=_all(num_stages), param_filter=is_lora_param, bn="frozen")]
 
 
 def prepare_lora(model, arg: Optional[str]) -> None:
-    from tlbench.lora import add_lora
+    from tlbench.backbones.lora import add_lora
 
     add_lora(model, _int_arg("lora", arg, int(LORA_RANK)))
 

@@ -32,8 +32,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tlbench.data.loaded import LoadedDataset
-from tlbench.errors import DataUnavailable, TlbenchError, TlbenchWarning
+from tlbench.api.dataset import LoadedDataset
+from tlbench.api.errors import DataUnavailable, TlbenchError, TlbenchWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEFAULT_SIDE = 64  # stored square side in px: the CPU profile's resolution; @224 for CUDA
@@ -294,7 +294,7 @@ def _write_cache(path: Path, tensors: dict) -> None:
 
 def folder_spec(request: FolderRequest):
     """A DatasetSpec for the folder; its class count comes from scanning it now."""
-    from tlbench.specs import DatasetSpec
+    from tlbench.api.specs import DatasetSpec
 
     try:
         layout = scan(request.root, request.name)
@@ -318,7 +318,7 @@ def _probe(request: FolderRequest) -> str:
 
 def default_sizes(layout: Layout) -> dict[str, int]:
     """Sizes that fit the folder: all test images, a fifth of train for validation
-    (unless val/ exists), the rest for training; profiles cap them (tlbench.sizes)."""
+    (unless val/ exists), the rest for training; profiles cap them (tlbench.plan.sizes)."""
     counts = {split: len(files) for split, files in layout.files.items()}
     classes = len(layout.classes)
     if "all" in counts:  # one tree: the split load_folder makes

@@ -21,8 +21,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from tlbench.errors import TlbenchError
-from tlbench.safeio import atomic_write
+from tlbench.api.errors import TlbenchError
+from tlbench.store.safeio import atomic_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 

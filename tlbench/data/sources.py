@@ -30,9 +30,9 @@ from typing import ClassVar, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
+from tlbench.api.dataset import LoadedDataset
+from tlbench.api.errors import DataUnavailable, TlbenchError
 from tlbench.data.idx import read_idx_pair
-from tlbench.data.loaded import LoadedDataset
-from tlbench.errors import DataUnavailable, TlbenchError
 
 IDX_STEMS = (
     "train-images-idx3-ubyte",

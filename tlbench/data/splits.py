@@ -6,8 +6,8 @@ what lets statistics pair test images across cells); only the training subset va
 with the seed: the runner passes the cell's seed (``Runner.splits_for``), so with
 ``--train-size`` each seed trains on its own stratified subsample, the same for every
 strategy and backbone of that seed (seeds stay paired).  The seed also fixes the data
-order and the head's initialisation (tlbench.train).  Selection is vectorized: one random key per
-image, a stable sort by class, and a per-class quota.
+order and the head's initialisation (tlbench.train.loop).  Selection is vectorized: one
+random key per image, a stable sort by class, and a per-class quota.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Optional
 
 import torch
 
-from tlbench.data.loaded import LoadedDataset, Splits
-from tlbench.errors import TlbenchError
+from tlbench.api.dataset import LoadedDataset, Splits
+from tlbench.api.errors import TlbenchError
 
 FIXED_SEED = 0  # validation and test subsets: identical for every cell
 

@@ -27,8 +27,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from tlbench.data.loaded import LoadedDataset
-from tlbench.errors import DataUnavailable, TlbenchError
+from tlbench.api.dataset import LoadedDataset
+from tlbench.api.errors import DataUnavailable, TlbenchError
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def _reader(class_name: str, verify: bool):
 
 def dataset_specs() -> list:
     """One DatasetSpec per torchvision set, for the built-in datasets plugin."""
-    from tlbench.specs import DatasetSpec
+    from tlbench.api.specs import DatasetSpec
 
     return [
         DatasetSpec(

@@ -10,8 +10,8 @@ import torch
 from tlbench_extras.datasets import DIGITS_SOURCE, load_digits
 from tlbench_extras.strategies import head_then_last
 
-from tlbench.errors import TlbenchError
-from tlbench.registry import load_registry
+from tlbench.api.errors import TlbenchError
+from tlbench.plugins.registry import load_registry
 
 
 def test_installed_entry_points_register_every_item():

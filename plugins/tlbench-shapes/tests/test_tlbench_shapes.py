@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from tlbench_shapes import load_shapes
 
-from tlbench.registry import load_registry
+from tlbench.plugins.registry import load_registry
 from tlbench.testing import assert_plugin_ok
 
 

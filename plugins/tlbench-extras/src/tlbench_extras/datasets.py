@@ -1,8 +1,8 @@
 """Two datasets: scikit-learn's digits (offline) and KMNIST (a directory or torchvision).
 
-A dataset plugin registers a :class:`tlbench.specs.DatasetSpec`: a name, the class count,
+A dataset plugin registers a :class:`tlbench.api.specs.DatasetSpec`: a name, the class count,
 and two functions of the user's ``--data-dir``: ``load`` returns uint8 images and int64
-labels as a :class:`tlbench.data.loaded.LoadedDataset` that says where they came from;
+labels as a :class:`tlbench.api.dataset.LoadedDataset` that says where they came from;
 ``probe`` says the same without loading, or raises ``DataUnavailable`` with the reason
 (tlbench then skips the dataset's cells and prints that reason).
 
@@ -16,11 +16,11 @@ import functools
 import importlib.util
 from typing import Optional
 
-from tlbench.data.loaded import LoadedDataset
+from tlbench.api.dataset import LoadedDataset
+from tlbench.api.errors import DataUnavailable
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import DatasetSpec
 from tlbench.data.sources import DirSource, TorchvisionSource, load_cached, probe_first
-from tlbench.errors import DataUnavailable
-from tlbench.hookspecs import hookimpl
-from tlbench.specs import DatasetSpec
 
 DIGITS_SIDE = 28  # upsampled from 8x8 so the images look like MNIST's to a backbone
 DIGITS_TEST_SIZE = 300  # stratified, fixed seed: the same test set for every cell

@@ -1,6 +1,6 @@
 """One freeze strategy: ``head_then_last`` (train the head, then also the last k stages).
 
-A strategy plugin registers a :class:`tlbench.specs.StrategySpec` whose ``plan`` maps a
+A strategy plugin registers a :class:`tlbench.api.specs.StrategySpec` whose ``plan`` maps a
 backbone's stage count (and the optional ``name:arg`` argument) to training phases.
 tlbench does the rest for any backbone: freezing, BatchNorm modes, the feature cache
 for the frozen prefix, and checking afterwards that frozen tensors did not change.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tlbench.errors import TlbenchError
-from tlbench.hookspecs import hookimpl
-from tlbench.specs import Phase, StrategySpec
+from tlbench.api.errors import TlbenchError
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import Phase, StrategySpec
 
 FINETUNE_LR_SCALE = 0.1  # the last stages join at a tenth of the head's learning rate
 

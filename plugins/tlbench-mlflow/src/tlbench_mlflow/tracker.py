@@ -1,7 +1,7 @@
 """Every cell of a ``tlbench run`` becomes an MLflow run, nested under one run per
 ``tlbench run`` invocation.
 
-Hooks used (tlbench.hookspecs), all of which run in the process that stores records
+Hooks used (tlbench.api.hookspecs), all of which run in the process that stores records
 (also under ``--executor ray``), so this plugin is the MLflow store's only writer:
 
 - ``run_started``: the parent run (name: the run directory, e.g. ``cpu-2core-64px-...``);
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from tlbench.hookspecs import hookimpl
+from tlbench.api.hookspecs import hookimpl
 
 EXPERIMENT_ENV = "TLBENCH_MLFLOW_EXPERIMENT"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI shows cells under it
@@ -134,7 +134,7 @@ class MlflowTracker:
             client.log_artifacts(self.parent_id, str(plots), "plots")
             for run_id, cell in self.cell_runs.values():
                 name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cell.dataset}-curves-{cell.backbone}")
-                curve = plots / f"{name}.png"  # tlbench.plots names them so
+                curve = plots / f"{name}.png"  # tlbench.report.plots names them so
                 if curve.is_file():
                     client.log_artifact(run_id, str(curve), "plots")
         client.set_terminated(self.parent_id, "FINISHED" if outcome is not None else "KILLED")
@@ -148,7 +148,7 @@ class MlflowTracker:
             "tlbench.strategy": cell.strategy,
             "tlbench.dataset": cell.dataset,
             "tlbench.seed": str(cell.seed),
-            "tlbench.weights": cell.weights,
+            "tlbench.backbones.weights": cell.weights,
             "tlbench.status": str(record.get("status")),
             "tlbench.config_hash": str(record.get("config_hash")),
             "tlbench.row_hash": str(record.get("row_hash")),

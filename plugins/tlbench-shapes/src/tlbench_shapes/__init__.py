@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from tlbench.hookspecs import hookimpl
-from tlbench.specs import BackboneSpec, DatasetSpec
+from tlbench.api.hookspecs import hookimpl
+from tlbench.api.specs import BackboneSpec, DatasetSpec
 
 __version__ = "0.1.0"
 
@@ -27,8 +27,8 @@ def build_tinycnn(weights):
     import torch
     from torch import nn
 
-    from tlbench.errors import TlbenchError
-    from tlbench.model import StagedModel
+    from tlbench.api.errors import TlbenchError
+    from tlbench.api.model import StagedModel
 
     def block(cin: int, cout: int) -> nn.Module:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1), nn.BatchNorm2d(cout), nn.ReLU())
