@@ -72,6 +72,11 @@ class Runner:
         self._in_flight: Optional[Cell] = None  # started, record not yet stored
         self._lr_choices: dict[str, lr_search.SearchResult] = {}  # row key -> --lr auto search
 
+    def remember_lr_choice(self, row_hash: str, search: lr_search.SearchResult) -> None:
+        """A row's ``--lr auto`` choice made elsewhere (an earlier run, another worker):
+        this row's later cells train at it instead of searching again."""
+        self._lr_choices[row_hash] = search
+
     def _step(self, done: int, total: int) -> None:
         self.progress.step(done, total)
 
@@ -90,7 +95,8 @@ class Runner:
         cells = self.finalize(cells)
         records = [] if force else load_records(self.directory)
         done = finished_hashes(records)
-        self._lr_choices.update(lr_search.searches_in(records))
+        for row_hash, search in lr_search.searches_in(records).items():
+            self.remember_lr_choice(row_hash, search)
         guard, claims = SignalGuard(), CellClaims(self.directory)
         try:
             with guard.active():

@@ -23,17 +23,15 @@ Shape (measured and argued in README "Running on a Ray cluster"):
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
-from tlbench.api.errors import DataUnavailable, Interrupted, TlbenchError
-from tlbench.backbones.weights import WeightsUnavailable
+from tlbench.api.errors import Interrupted, TlbenchError
 from tlbench.plan.settings import Cell
 from tlbench.run.executors.groups import GROUPINGS
-from tlbench.run.runner import Outcome, Progress, Runner
+from tlbench.run.executors.ray_worker import CellWorker
+from tlbench.run.runner import Outcome, Runner
 from tlbench.run.signals import SignalGuard
 from tlbench.store.records import RECORDS_FILE, Record, append_record, finished_hashes, load_records
 from tlbench.train import lr_search
@@ -101,88 +99,6 @@ class FlagGuard(SignalGuard):
     def check(self) -> None:
         if self._pending is not None:
             raise Interrupted(self._pending)
-
-
-class StepCounter(Progress):
-    """A worker's progress within its current cell, which the driver polls."""
-
-    def __init__(self) -> None:
-        self.done, self.total = 0, 0
-
-    def cell_started(self, cell: Cell, index: int, total: int) -> None:
-        self.done, self.total = 0, 0
-
-    def step(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-
-
-class CellWorker:
-    """One Ray actor: a warm Runner that trains the cells it is sent and returns records.
-
-    ``pm_factory`` builds the worker's plugin manager: the driver passes
-    ``tlbench.plugins.registry.get_plugin_manager`` (the installed entry points; a test's
-    wrapper registering its own plugins travels by value with cloudpickle).
-    """
-
-    def __init__(
-        self,
-        pm_factory: Callable,
-        device: str,
-        data_dir: Optional[str],
-        compile_model: bool,
-        threads: Optional[int],
-    ):
-        import torch
-
-        from tlbench.plugins import registry as plugin_registry
-        from tlbench.train.device import resolve_device
-
-        pm = pm_factory()
-        hw = resolve_device(device)
-        if threads is not None and not hw.is_cuda:
-            torch.set_num_threads(threads)  # this worker's CPU share, not the whole node
-        self.steps = StepCounter()
-        scratch = Path(tempfile.mkdtemp(prefix="tlbench-worker-"))  # tracebacks, sent back
-        self.runner = Runner(
-            plugin_registry.collect(pm),
-            pm.hook,
-            hw,
-            scratch,
-            data_dir,
-            progress=self.steps,
-            compile_model=compile_model,
-        )
-        self.threads = threads if not hw.is_cuda else None
-
-    def where(self) -> dict:
-        import ray
-
-        context = ray.get_runtime_context()
-        return {
-            "name": "ray",
-            "node": ray.util.get_node_ip_address(),
-            "pid": os.getpid(),
-            "resources": context.get_assigned_resources(),
-            "torch_threads": self.threads,
-        }
-
-    def progress(self) -> tuple[int, int]:
-        return self.steps.done, self.steps.total
-
-    def run_cell(self, cell: Cell, lr_choice: Optional[lr_search.SearchResult]) -> dict:
-        """The cell's record (any status), or ``{"skipped": reason}``; a failed cell's
-        traceback comes back as text for the driver to store."""
-        if lr_choice is not None:  # the row's choice, searched by an earlier cell
-            self.runner._lr_choices[cell.row_hash] = lr_choice
-        self.steps.cell_started(cell, 0, 0)
-        self.runner.hooks.cell_started(cell=cell)
-        try:
-            record = self.runner.run_cell(cell)
-        except (WeightsUnavailable, DataUnavailable) as exc:
-            return {"skipped": str(exc)}
-        record["executor"] = self.where()
-        trace = record.get("traceback_file")
-        return {"record": record, "traceback": Path(trace).read_text() if trace else None}
 
 
 @dataclass
