@@ -453,7 +453,7 @@ def run_fastai(
         valid_ds = list(zip(xva, sp.val_labels, strict=True))
         set_seed(seed, reproducible=True)
         model = copy.deepcopy(backbone)
-        torch.manual_seed(seed)  # tlbench seeds its head the same way (runner._model_for)
+        torch.manual_seed(seed)  # tlbench seeds its head the same way (Workspace.model_for)
         model.set_head(num_classes)
         model.to(hw.device)
         if hw.channels_last:  # speed only on the CPU: same arithmetic, NHWC kernels

@@ -148,7 +148,7 @@ class Runner:
 
     def run_cell(self, cell: Cell) -> Record:
         """Train one cell; any failure inside becomes a failed record, never a crash."""
-        base = self._identity(cell)
+        base = self.identity(cell)
         try:
             return {**base, **self._train_with_oom_retry(cell)}
         except (WeightsUnavailable, DataUnavailable):
@@ -252,7 +252,9 @@ class Runner:
         return self.workspace.trainer(cell, batch_size, lr, on_epoch)
 
     # ---- records ----------------------------------------------------------------------
-    def _identity(self, cell: Cell) -> Record:
+    def identity(self, cell: Cell) -> Record:
+        """What every record of ``cell`` starts with, whatever its status: names, config
+        and hash, device, versions, time, git state."""
         import timm
 
         return {

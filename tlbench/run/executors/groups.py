@@ -2,8 +2,8 @@
 
 Within one process tlbench computes shared work once and reuses it (tlbench.run.runner):
 
-- the backbone built from its weights (``Runner._backbone``: per backbone and weights);
-- the frozen-prefix feature cache (``Runner._cache_key``: backbone, weights, resolution,
+- the backbone built from its weights (``Workspace.backbone``: per backbone and weights);
+- the frozen-prefix feature cache (``Workspace.cache_key``: backbone, weights, resolution,
   dataset, sizes, and the seed where it changes the weights or the training subset);
 - the ``--lr auto`` choice of a row (``Runner.remember_lr_choice``: the first seed searches,
   the later seeds of the row reuse its LR);

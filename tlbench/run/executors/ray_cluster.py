@@ -317,7 +317,7 @@ class _Run:
         )
 
     def _failed(self, cell: Cell, error: str) -> Record:
-        return {**self.runner._identity(cell), "status": "failed", "error": error}
+        return {**self.runner.identity(cell), "status": "failed", "error": error}
 
     def _save_traceback(self, cell: Cell, text: str) -> str:
         folder = self.runner.directory / "tracebacks"
