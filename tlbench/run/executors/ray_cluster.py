@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from tlbench.api import env
 from tlbench.api.errors import DataUnavailable, Interrupted, TlbenchError
 from tlbench.backbones.weights import WeightsUnavailable
 from tlbench.plan.settings import Cell
@@ -83,7 +84,7 @@ def _resources_text(cluster: dict) -> str:
 def grouping_from_env() -> Callable[[list[Cell]], list[list[Cell]]]:
     """``TLBENCH_RAY_GROUPING``: ``data`` (default: per backbone, weights and dataset) or
     ``row`` (per leaderboard row: more parallel, each strategy fills its own cache)."""
-    name = os.environ.get("TLBENCH_RAY_GROUPING", "data")
+    name = env.ray_grouping()
     if name not in GROUPINGS:
         raise TlbenchError(f"TLBENCH_RAY_GROUPING={name!r} is not one of: {', '.join(GROUPINGS)}.")
     return GROUPINGS[name]
@@ -213,7 +214,7 @@ class RayExecutor:
         self.address, self.gpu_resource = address, gpu_resource
         self.grouping = grouping or grouping_from_env()
         self.cuda = cuda  # None: as the runner's device (tests force the GPU path)
-        self.cpus = int(os.environ.get("TLBENCH_RAY_CPUS_PER_WORKER", "1"))
+        self.cpus = env.ray_cpus_per_worker()
         self.shape: Optional[WorkerShape] = None  # known once a run starts
 
     def run(self, runner: Runner, cells: list[Cell], force: bool = False) -> Outcome:
@@ -238,8 +239,8 @@ class RayExecutor:
         return True
 
     def actor_options(self, shape: WorkerShape) -> dict:
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
-        runtime_env = {"env_vars": env} if env else None
+        forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
+        runtime_env = {"env_vars": forwarded} if forwarded else None
         return {**shape.options, "max_concurrency": 2, "runtime_env": runtime_env}
 
 
