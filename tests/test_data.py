@@ -21,8 +21,8 @@ from tlbench.api.errors import TlbenchError
 from tlbench.builtin import datasets as builtin_datasets
 from tlbench.data import sources
 from tlbench.data.idx import read_idx, read_idx_pair, write_idx
+from tlbench.data.idx_files import IDX_STEMS
 from tlbench.data.sources import (
-    IDX_STEMS,
     DebianSource,
     DirSource,
     MlxtendSource,

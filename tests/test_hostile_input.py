@@ -233,7 +233,7 @@ def test_names_cannot_inject_markdown_or_html(tmp_path):
 def test_the_header_shows_the_evaluations_that_ran_not_only_those_asked():
     """--evals-per-epoch above the steps per epoch is capped by the trainer: the leaderboard
     header says how many points per epoch the curves hold, and what was asked."""
-    from tlbench.report.leaderboard import _evals_setting
+    from tlbench.report.run_header import _evals_setting
 
     capped = [{"curve": [[e / 3, 50.0] for e in range(1, 7)], "epoch_budget": 2}]
     assert _evals_setting(100, capped) == "3 (100 asked; capped at one per training step)"

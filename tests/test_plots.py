@@ -150,3 +150,29 @@ def test_pareto_front_by_hand():
 
 def test_tick_labels_are_short():
     assert [plots.human(v) for v in (170, 2000, 12810, 4.6e6)] == ["170", "2k", "12.8k", "4.6M"]
+
+
+def test_class_names_come_from_the_records_not_a_plugin(monkeypatch):
+    """Drawing needs no registry: the names a record carries, else class indices."""
+    import tlbench.plugins.registry as registry
+
+    monkeypatch.setattr(registry, "load_registry", lambda *a, **k: pytest.fail("registry read"))
+    named = record("full", 0, 97.0, 1.0, class_names=[f"c{i}" for i in range(CLASSES)])
+    assert plots.class_names([RECORDS[0], named], CLASSES) == tuple(f"c{i}" for i in range(10))
+    assert plots.class_names(RECORDS, CLASSES) == tuple(str(i) for i in range(CLASSES))
+    assert plots.class_names([named], 3) == ("0", "1", "2")  # names that do not fit: indices
+
+
+def test_the_schema_accepts_class_names_as_a_list_of_strings():
+    from tlbench.store.schema import check
+
+    assert check(record("full", 0, 97.0, 1.0, class_names=["a", "b"])) is None
+    assert check(record("full", 0, 97.0, 1.0, class_names="ab")) is not None
+
+
+def test_a_cell_record_carries_its_dataset_class_names(tiny_plugin, tmp_path):
+    from tests_helpers import run_tiny
+
+    stored = run_tiny(tmp_path, "linear_probe", epochs=1)
+    assert stored["status"] == "ok", stored.get("error")
+    assert stored["class_names"] == [str(i) for i in range(10)]  # synth: no names, indices

@@ -266,3 +266,28 @@ def test_list_strategies_shows_all_ten(monkeypatch):
     assert result.exit_code == 0
     for spec in STRATEGIES:
         assert spec.name in result.output and spec.description in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "arg"),
+    [
+        ("full", "full", None),
+        ("partial:2", "partial", "2"),
+        ("lora:8,bn=frozen", "lora", "8,bn=frozen"),
+    ],
+)
+def test_a_strategy_text_parses_once_and_reads_back_the_same(text, name, arg):
+    from tlbench.api.specs import StrategyRef
+
+    ref = StrategyRef.parse(text)
+    assert (ref.name, ref.arg, str(ref)) == (name, arg, text)
+    assert StrategyRef.parse("partial:") == StrategyRef("partial")  # an empty arg is none
+
+
+def test_a_strategy_ref_splits_its_options_and_refuses_unknown_ones():
+    from tlbench.api.specs import StrategyRef
+
+    assert StrategyRef.parse("partial:3,bn=frozen").split() == ("3", {"bn": "frozen"})
+    assert StrategyRef.parse("full").split() == (None, {})
+    with pytest.raises(TlbenchError, match="unknown option 'bn=maybe'"):
+        StrategyRef.parse("partial:bn=maybe").split()

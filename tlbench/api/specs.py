@@ -133,6 +133,30 @@ class StrategySpec:
 STRATEGY_OPTIONS = {"bn": BN_POLICIES}
 
 
+@dataclass(frozen=True)
+class StrategyRef:
+    """A strategy as cells and records name it, parsed once: ``partial:2,bn=frozen`` is
+    name ``partial`` and arg ``2,bn=frozen``.  Cells and records keep the text (their
+    config hashes depend on it); code reads these fields instead of splitting it again.
+    ``str(StrategyRef.parse(text)) == text`` for every text but a bare trailing ``:``.
+    """
+
+    name: str
+    arg: Optional[str] = None  # after the first ":" (None: no argument)
+
+    @classmethod
+    def parse(cls, text: str) -> StrategyRef:
+        name, _, arg = text.partition(":")
+        return cls(name, arg or None)
+
+    def __str__(self) -> str:
+        return self.name if self.arg is None else f"{self.name}:{self.arg}"
+
+    def split(self) -> tuple[Optional[str], dict[str, str]]:
+        """The plan's own argument and the checked options (:func:`split_strategy_arg`)."""
+        return split_strategy_arg(self.name, self.arg)
+
+
 def split_strategy_arg(name: str, arg: Optional[str]) -> tuple[Optional[str], dict[str, str]]:
     """``"2,bn=frozen"`` -> ``("2", {"bn": "frozen"})``: the plan's argument and options.
 

@@ -17,6 +17,7 @@ import timm
 import torch
 from torch import nn
 
+from tlbench.api import env
 from tlbench.api.errors import TlbenchError
 from tlbench.api.model import StagedModel
 from tlbench.backbones.weights import WeightsChoice, WeightsUnavailable, read_state_dict
@@ -162,8 +163,8 @@ def _first_line(exc: Exception) -> str:
 
 
 def offline() -> bool:
-    """``TLBENCH_OFFLINE=1``: assume no internet, never try a download."""
-    return os.environ.get("TLBENCH_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+    """``TLBENCH_OFFLINE`` (tlbench.api.env): assume no internet, never try a download."""
+    return env.offline()
 
 
 def imagenet_unavailable(name: str, arch: str, pypi_weights: Optional[str] = None) -> Optional[str]:
@@ -191,12 +192,7 @@ def _unavailable_reason(name: str, arch: str, pypi_weights: Optional[str], why: 
 
 def hf_hub_cache_dir() -> str:
     """The Hugging Face hub cache, resolved from the environment *now* (as the hub does)."""
-    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if explicit:
-        return os.path.expanduser(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    home = os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface")
-    return os.path.join(os.path.expanduser(home), "hub")
+    return str(env.hf_hub_cache())
 
 
 def cached_imagenet_file(arch: str) -> Optional[str]:

@@ -13,7 +13,7 @@ decodes and resizes), converted like torchvision's ``ImageFolder`` does (``RGB``
 dropped; palettes expanded; 16-bit scaled to 8-bit; grayscale kept as one channel when
 every image is grayscale), center-cropped to a square and resized to ``SIDE`` pixels
 (``folder:NAME@SIDE=PATH``; default DEFAULT_SIDE).  The uint8 tensors are cached on disk
-under ``$TLBENCH_CACHE/folders`` (default ``~/.cache/tlbench/folders``), keyed by the
+under ``folders/`` in tlbench's cache (tlbench.api.env.cache_dir), keyed by the
 file list, sizes and mtimes (plus side and format): a second run starts from the cache;
 any added, removed or touched file decodes again.  The key is part of the data source
 written in every record (``folder:PATH key=<key> ...``).
@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from tlbench.api import env
 from tlbench.api.dataset import LoadedDataset
 from tlbench.api.errors import DataUnavailable, TlbenchError, TlbenchWarning
 
@@ -202,8 +203,8 @@ def decode_all(
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("TLBENCH_CACHE") or Path.home() / ".cache" / "tlbench"
-    return Path(base).expanduser() / "folders"
+    """Decoded folders, under tlbench's cache (tlbench.api.env.cache_dir)."""
+    return env.cache_dir("folders")
 
 
 def load_folder(request: FolderRequest) -> LoadedDataset:

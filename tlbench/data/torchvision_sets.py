@@ -9,8 +9,8 @@ Sources, tried in order (like the IDX datasets' chain, tlbench.data.sources):
    subset or a re-export is still read); the data fingerprint in every cell's
    config_hash says what was loaded.  ``stl10`` needs only ``train_X/y.bin`` and
    ``test_X/y.bin`` (not the 2.6 GB unlabeled file).
-2. torchvision's cache ``$TLBENCH_CACHE/torchvision/<name>`` (default
-   ``~/.cache/tlbench/torchvision``), verified by torchvision (MD5), filled by
+2. torchvision's cache ``torchvision/<name>`` in tlbench's cache
+   (tlbench.api.env.cache_dir), verified by torchvision (MD5), filled by
    torchvision's own download when online (never with ``TLBENCH_OFFLINE=1``).
 
 Images come out as uint8 ``[N, H, W, 3]`` (32 px; STL-10 96 px) with int64 labels.
@@ -19,7 +19,6 @@ Images come out as uint8 ``[N, H, W, 3]`` (32 px; STL-10 96 px) with int64 label
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,6 +26,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from tlbench.api import env
 from tlbench.api.dataset import LoadedDataset
 from tlbench.api.errors import DataUnavailable, TlbenchError
 
@@ -86,8 +86,7 @@ SETS = {
 
 
 def cache_root(name: str) -> Path:
-    base = os.environ.get("TLBENCH_CACHE") or Path.home() / ".cache" / "tlbench"
-    return Path(base).expanduser().resolve() / "torchvision" / name
+    return env.cache_dir("torchvision", name)
 
 
 def _user_root(spec: TorchvisionSet, data_dir: Optional[str]) -> Optional[Path]:
@@ -99,10 +98,6 @@ def _user_root(spec: TorchvisionSet, data_dir: Optional[str]) -> Optional[Path]:
     return None
 
 
-def _offline() -> bool:
-    return os.environ.get("TLBENCH_OFFLINE", "0") == "1"
-
-
 def probe(spec: TorchvisionSet, data_dir: Optional[str]) -> str:
     """Which source load() would use; DataUnavailable with every reason and the fix."""
     root = _user_root(spec, data_dir)
@@ -111,7 +106,7 @@ def probe(spec: TorchvisionSet, data_dir: Optional[str]) -> str:
     cached = cache_root(spec.name)
     if all((cached / f).is_file() for f in spec.files):
         return f"torchvision:{cached}"
-    if not _offline():
+    if not env.offline():
         return f"torchvision:{cached} (download needed)"
     where = f"--data-dir {data_dir} holds no {spec.files[0]}" if data_dir else "no --data-dir"
     raise DataUnavailable(

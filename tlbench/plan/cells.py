@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tlbench.api.specs import split_strategy_arg
+from tlbench.api.specs import StrategyRef
 from tlbench.backbones.weights import weights_for
 from tlbench.plan.settings import Cell, Settings
 from tlbench.plugins.registry import Registry
@@ -66,10 +66,10 @@ def expand(choices: Choices, settings: Settings, registry: Registry) -> list[Cel
 def canonical_strategy(text: str, registry: Registry) -> str:
     """``partial`` -> ``partial:2`` (its documented default), options sorted after it
     (``partial:bn=frozen`` -> ``partial:2,bn=frozen``), so equal cells hash equal."""
-    name, _, arg = text.partition(":")
-    spec = registry.get("strategies", name)
-    positional, options = split_strategy_arg(name, arg or None)
+    ref = StrategyRef.parse(text)
+    spec = registry.get("strategies", ref.name)
+    positional, options = ref.split()
     positional = positional if positional is not None else spec.default_arg
     parts = [positional] if positional is not None else []
     parts += [f"{key}={value}" for key, value in sorted(options.items())]
-    return f"{name}:{','.join(parts)}" if parts else name
+    return str(StrategyRef(ref.name, ",".join(parts) or None))

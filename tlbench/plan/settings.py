@@ -10,6 +10,7 @@ from typing import Optional
 
 from tlbench import __version__
 from tlbench.api.errors import TlbenchError
+from tlbench.api.specs import StrategyRef
 from tlbench.store.records import SCHEMA_VERSION
 from tlbench.store.records import row_hash as _row_hash
 from tlbench.train.schedule import SCHEDULES
@@ -100,6 +101,11 @@ class Cell:
     def row_hash(self) -> str:
         """The leaderboard row: the config hash without the seed."""
         return _row_hash(self.config())
+
+    @property
+    def strategy_ref(self) -> StrategyRef:
+        """The strategy text parsed: its name (the registry's key) and argument."""
+        return StrategyRef.parse(self.strategy)
 
     def label(self) -> str:
         w = "" if self.weights == "imagenet" else f" [{self.weights}]"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 from urllib.parse import quote
 
 import pandas as pd
@@ -18,6 +18,7 @@ from tlbench.api.errors import TlbenchWarning
 from tlbench.report import markdown as md
 from tlbench.report import plots
 from tlbench.report.peer import peer_section
+from tlbench.report.run_header import run_header, unique
 from tlbench.report.stats import (
     BOOTSTRAP_RESAMPLES,
     MIN_SEEDS_FOR_VERDICT,
@@ -133,7 +134,7 @@ def run_section(directory: Path, records: list[Record], links_from: Path) -> str
     pictures = plots.pictures(records)
     for dataset in dict.fromkeys(r.dataset for r in rows):
         mine = [r for r in rows if r.dataset == dataset]
-        thresholds = _unique(
+        thresholds = unique(
             _format_number(r.get("threshold", 95.0)) for row in mine for r in row.records
         )
         threshold = thresholds[0] if len(thresholds) == 1 else "X"  # per row: settings column
@@ -144,54 +145,6 @@ def run_section(directory: Path, records: list[Record], links_from: Path) -> str
         for picture in (p for p in pictures if p.dataset == dataset):
             lines += [_image(picture, directory, links_from), ""]
     return "\n".join(lines)
-
-
-def run_header(records: list[Record]) -> list[str]:
-    ok = [r for r in records if r.get("status") == "ok"] or records
-    config = ok[0]["config"]
-    sizes = _unique(
-        f"{md.text(r['dataset'])}: train {r['split_sizes']['train']} / val "
-        f"{r['split_sizes']['val']} / test {r['split_sizes']['test']}"
-        for r in ok
-        if "split_sizes" in r
-    )
-    sources = _unique(
-        f"{md.text(r['dataset'])}: {md.text(r['data_source'])}" for r in ok if "data_source" in r
-    )
-    weights = _unique(
-        f"{md.text(r['backbone'])} ({md.text(r['weights'])}): {md.text(r['weights_source'])}"
-        for r in ok
-        if "weights_source" in r
-    )
-    versions = ok[0].get("versions", {})
-    lines = [
-        f"- Device: {', '.join(_unique(md.text(r['device']) for r in ok))}",
-        f"- Settings: {config['epochs']} epochs, batch {config['batch_size']}, Adam lr "
-        f"{_lr_setting(config['lr'], ok)}, "
-        f"resolution {_unique_join(r['resolution'] for r in ok)} px, "
-        f"{_evals_setting(config['evals_per_epoch'], ok)} validation evaluations per epoch, seeds "
-        f"{_unique_join(r['seed'] for r in ok)}",
-        f"- Splits: {'; '.join(sizes)}",
-        f"- Data sources: {'; '.join(sources)}",
-        f"- Weights: {'; '.join(weights)}",
-    ]
-    pretrained = _unique(
-        f"{md.text(r['backbone'])} on {md.text(r['pretrain_source'])}: "
-        f"{r['pretrain_source_accuracy']:.2f}% "
-        "source test accuracy"
-        for r in ok
-        if "pretrain_source" in r
-    )
-    if pretrained:
-        lines.append(
-            "- Source pretraining (`full` from random init, same settings): "
-            + "; ".join(pretrained)
-        )
-    lines.append(
-        "- Versions: "
-        + ", ".join(f"{md.text(k)} {md.text(v)}" for k, v in sorted(versions.items()))
-    )
-    return lines
 
 
 def dataset_table(rows: list[RowGroup], threshold: str) -> str:
@@ -254,32 +207,6 @@ def table_row(row: RowGroup, threshold: str, shown: Optional[list[str]] = None) 
         + (f" ({', '.join(statuses)}: {len(row.records) - len(ok)})" if statuses else ""),
         "_sort": accuracy.mean if accuracy else -1.0,
     }
-
-
-def _lr_setting(lr, ok: list[dict]) -> str:
-    if lr != "auto":
-        return str(lr)
-    rules = _unique_join(
-        (r["config"].get("lr_search") or {}).get("halving", "off")
-        .replace("off", "every candidate to the full budget")
-        .replace("eta=", "successive halving eta=")
-        for r in ok
-    )  # fmt: skip
-    return f"auto (each strategy's grid, chosen on validation: LR column; {rules})"
-
-
-def _evals_setting(requested: int, ok: list[dict]) -> str:
-    """The validation points per epoch that ran (from the curves), and what was asked when
-    fewer ran: an epoch of fewer training steps than ``--evals-per-epoch`` caps them."""
-    ran = _unique(
-        round(len(r["curve"]) / r["epoch_budget"], 2)
-        for r in ok
-        if r.get("curve") and r.get("epoch_budget")
-    )
-    shown = ", ".join(f"{float(v):g}" for v in ran)
-    if not ran or ran == [str(float(requested))]:
-        return str(requested)
-    return f"{shown} ({requested} asked; capped at one per training step)"
 
 
 def _search_seconds(ok: list[dict]) -> str:
@@ -361,7 +288,7 @@ def _pairing(config: dict) -> dict:
 
 def _bn(ok: list[dict]) -> str:
     """The BatchNorm policy per phase (``bn_policy``, e.g. ``frozen,train``)."""
-    policies = _unique(r["bn_policy"] for r in ok if r.get("bn_policy"))
+    policies = unique(r["bn_policy"] for r in ok if r.get("bn_policy"))
     return " / ".join(policies) if policies else "–"
 
 
@@ -403,11 +330,3 @@ def _params(ok: list[dict]) -> str:
 
 def _format_number(value: float) -> str:
     return f"{value:g}"
-
-
-def _unique(values: Iterable) -> list[str]:
-    return [str(v) for v in dict.fromkeys(values)]
-
-
-def _unique_join(values: Iterable) -> str:
-    return ", ".join(_unique(values))

@@ -1,21 +1,19 @@
 """The pictures of a run, rendered from its records by ``tlbench leaderboard``.
 
-Each picture is a pure function of the records: the same records give the same file
-names, the same BENCHMARKS.md links and the same drawing (matplotlib's defaults are reset
-for every figure, so a user's matplotlibrc changes nothing).  Figures are drawn with the
-object API on the Agg canvas: no pyplot state, no display needed.
+Each picture is a pure function of the records (which pictures: tlbench.report.pictures):
+the same records give the same drawing (matplotlib's defaults are reset for every figure,
+so a user's matplotlibrc changes nothing), class names included, which the records carry.
+Figures are drawn with the object API on the Agg canvas: no pyplot state, no display.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
-from tlbench.report.stats import RowGroup, group_rows
-from tlbench.store.outputs import PLOT_DIR
+from tlbench.report.pictures import Picture, by_accuracy, curves_of, pictures, unique
+from tlbench.report.stats import RowGroup
 from tlbench.store.safeio import atomic_write
 
 DPI = 110
@@ -30,66 +28,6 @@ STYLE = {
     "axes.spines.right": False,
 }
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
-
-
-@dataclass(frozen=True)
-class Picture:
-    """One PNG of a run: where it goes, what it shows, and the rows it draws."""
-
-    dataset: str
-    kind: str  # curves | tradeoff | confusion | confidence
-    title: str  # alt text in BENCHMARKS.md
-    filename: str  # relative to the run directory
-    rows: tuple[RowGroup, ...] = field(compare=False)
-    colors: dict = field(compare=False, default_factory=dict)  # row label -> color
-    usual: str = "imagenet"  # the run's most common weights: other weights get labelled
-
-    def label(self, row: RowGroup) -> str:
-        """Strategy, plus the weights when they are not the run's usual (scratch: random),
-        plus the settings that tell apart rows of the same names (``row.variant``)."""
-        text = row.strategy if row.weights == self.usual else f"{row.strategy} [{row.weights}]"
-        return f"{text} ({row.variant})" if row.variant else text
-
-
-def pictures(records: Sequence[dict]) -> list[Picture]:
-    """Every picture of a run, in BENCHMARKS.md order (per dataset)."""
-    rows = [r for r in group_rows(records) if r.ok]
-    weights = [r.weights for r in rows]
-    usual = max(_unique(weights), key=weights.count) if rows else "imagenet"
-    colors = _colors([Picture("", "", "", "", (), usual=usual).label(r) for r in rows])
-    found: list[Picture] = []
-    for dataset in dict.fromkeys(r.dataset for r in rows):
-        mine = [r for r in rows if r.dataset == dataset]
-        for backbone in dict.fromkeys(r.backbone for r in mine):
-            curved = tuple(r for r in mine if r.backbone == backbone and _curves(r))
-            if curved:
-                found.append(
-                    _picture(
-                        dataset,
-                        "curves",
-                        f"learning curves, {backbone}",
-                        curved,
-                        colors,
-                        usual,
-                        backbone,
-                    )
-                )
-        found.append(_picture(dataset, "tradeoff", "accuracy vs cost", tuple(mine), colors, usual))
-        best = _best(mine)
-        if best is not None:
-            found.append(
-                _picture(
-                    dataset, "confusion", "best cell: confusion and F1", (best,), colors, usual
-                )
-            )
-        calibrated = tuple(r for r in _by_accuracy(mine) if r.by_seed("ece"))
-        if calibrated:
-            found.append(
-                _picture(
-                    dataset, "confidence", "confidence and calibration", calibrated, colors, usual
-                )
-            )
-    return found
 
 
 def render_all(directory: Path, records: Sequence[dict]) -> list[Path]:
@@ -126,10 +64,10 @@ def draw_curves(fig, picture: Picture) -> None:
     import numpy as np
 
     ax = fig.add_subplot()
-    rows = _by_accuracy(list(picture.rows))
+    rows = by_accuracy(list(picture.rows))
     low = 100.0
     for row in rows:
-        curves = _curves(row)
+        curves = curves_of(row)
         n = min(len(c) for c in curves)
         xs = [p[0] for p in curves[0][:n]]
         ys = np.array([[p[1] for p in c[:n]] for c in curves])
@@ -162,7 +100,7 @@ def draw_tradeoff(fig, picture: Picture) -> None:
     axes = fig.subplots(1, 2, sharey=True)
     rows = list(picture.rows)
     markers = {
-        b: MARKERS[i % len(MARKERS)] for i, b in enumerate(_unique(r.backbone for r in rows))
+        b: MARKERS[i % len(MARKERS)] for i, b in enumerate(unique(r.backbone for r in rows))
     }
     panels = (
         (axes[0], "trainable_params", True, "trainable parameters (log scale)"),
@@ -214,7 +152,7 @@ def draw_confusion(fig, picture: Picture) -> None:
     row = picture.rows[0]
     cm = sum(np.array(r["confusion"], dtype=float) for r in row.ok if "confusion" in r)
     norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
-    names = class_names(row.dataset, len(cm))
+    names = class_names(row.ok, len(cm))
     left, right = fig.subplots(1, 2, width_ratios=[1.45, 1])
     image = left.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     if len(cm) <= 15:
@@ -307,25 +245,14 @@ def pareto_front(points: Sequence[tuple[float, float]], lower_x_is_better: bool)
     return front
 
 
-def class_names(dataset: str, count: int) -> tuple[str, ...]:
-    """The dataset's class names when its plugin is installed, else 0..count-1."""
-    try:
-        from tlbench.plugins.registry import load_registry
-
-        names = load_registry().get("datasets", dataset).classes()
-    except Exception:  # noqa: BLE001 - a picture never fails over a label
-        names = []
-    return tuple(names) if len(names) == count else tuple(str(i) for i in range(count))
-
-
-def _picture(dataset, kind, title, rows, colors, usual, backbone=None) -> Picture:
-    name = f"{dataset}-{kind}" + (f"-{backbone}" if backbone else "")
-    filename = f"{PLOT_DIR}/{_safe(name)}.png"
-    return Picture(dataset, kind, f"{dataset}: {title}", filename, tuple(rows), colors, usual)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+def class_names(records: Sequence[dict], count: int) -> tuple[str, ...]:
+    """The class names the records carry (``class_names``, label order), else 0..count-1:
+    records written before they carried names draw with class indices."""
+    for record in records:
+        names = record.get("class_names")
+        if isinstance(names, list) and len(names) == count:
+            return tuple(str(name) for name in names)
+    return tuple(str(i) for i in range(count))
 
 
 def _long_label(picture: Picture, row: RowGroup) -> str:
@@ -333,18 +260,10 @@ def _long_label(picture: Picture, row: RowGroup) -> str:
     return f"{row.backbone} · {picture.label(row)}" if many else picture.label(row)
 
 
-def _colors(labels: Sequence[str]) -> dict[str, object]:
-    from matplotlib import colormaps
-
-    labels = _unique(labels)
-    cmap = colormaps["tab10" if len(labels) <= 10 else "tab20"]
-    return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
-
-
 def _legend_handles(picture: Picture, markers: dict) -> list:
     from matplotlib.lines import Line2D
 
-    shown = _unique(picture.label(r) for r in picture.rows)
+    shown = unique(picture.label(r) for r in picture.rows)
     colors = picture.colors
     handles = [Line2D([], [], ls="", marker="o", color=colors[s], label=s) for s in shown]
     if len(markers) > 1:
@@ -352,20 +271,6 @@ def _legend_handles(picture: Picture, markers: dict) -> list:
             Line2D([], [], ls="", marker=m, color="0.3", label=b) for b, m in markers.items()
         ]
     return handles
-
-
-def _curves(row: RowGroup) -> list:
-    return [r["curve"] for r in row.ok if r.get("curve")]
-
-
-def _best(rows: Sequence[RowGroup]) -> Optional[RowGroup]:
-    have = [r for r in rows if any("confusion" in x for x in r.ok)]
-    return _by_accuracy(have)[0] if have else None
-
-
-def _by_accuracy(rows: Sequence[RowGroup]) -> list[RowGroup]:
-    """Highest mean final accuracy first; ties keep record order (stable sort)."""
-    return sorted(rows, key=lambda r: -r.mean("final_accuracy", -1.0))
 
 
 def _mean_or_nan(row: RowGroup, key: str) -> float:
@@ -393,10 +298,6 @@ def human(value: float) -> str:
 
 def _seeds(rows: Sequence[RowGroup]) -> int:
     return max(len(r.ok) for r in rows)
-
-
-def _unique(values) -> list:
-    return list(dict.fromkeys(values))
 
 
 def _size(picture: Picture) -> tuple[float, float]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 import torch
 
 from tlbench.api.errors import DataUnavailable, PluginError, TlbenchError
+from tlbench.api.specs import StrategyRef
 
 if TYPE_CHECKING:  # pragma: no cover
     from tlbench.api.dataset import LoadedDataset
@@ -299,7 +300,7 @@ def check_cells(runner: Runner, cells: Iterable[Cell]) -> None:
 def item_of(registry: Registry, kind: str, name: str) -> Item:
     from tlbench.plugins.registry import SINGULAR
 
-    base = name.split(":", 1)[0] if kind == "strategies" else name
+    base = StrategyRef.parse(name).name if kind == "strategies" else name
     return Item(SINGULAR[kind], base, registry.plugin_of(kind, name))
 
 
@@ -330,10 +331,8 @@ def _built(runner: Runner, cell: Cell) -> tuple[Optional[StagedModel], list[str]
 
 
 def _plan_lines(registry: Registry, strategy: str, num_stages: int, epochs: int) -> list[str]:
-    from tlbench.api.specs import split_strategy_arg
-
-    name, _, arg = strategy.partition(":")
-    spec = registry.get("strategies", name)
-    split_strategy_arg(name, arg or None)  # bad options: TlbenchError, as before
-    item = item_of(registry, "strategies", name)
-    return plan_violations(item, spec, arg or None, num_stages, epochs)
+    ref = StrategyRef.parse(strategy)
+    spec = registry.get("strategies", ref.name)
+    ref.split()  # bad options: TlbenchError, as before
+    item = item_of(registry, "strategies", ref.name)
+    return plan_violations(item, spec, ref.arg, num_stages, epochs)

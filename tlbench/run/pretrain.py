@@ -14,13 +14,13 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from tlbench import __version__
+from tlbench.api import env
 from tlbench.api.errors import TlbenchError
 from tlbench.api.model import StagedModel
 from tlbench.api.specs import Phase
@@ -38,12 +38,8 @@ CACHE_FORMAT = 1  # bump when the checkpoint layout or the source recipe changes
 
 
 def cache_dir() -> Path:
-    """``$TLBENCH_CACHE/models``, else ``$XDG_CACHE_HOME/tlbench/models`` (~/.cache/...)."""
-    root = os.environ.get("TLBENCH_CACHE")
-    if not root:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(xdg, "tlbench")
-    return Path(root) / "models"
+    """Source checkpoints, under tlbench's cache (tlbench.api.env.cache_dir)."""
+    return env.cache_dir("models")
 
 
 def source_cell(cell: Cell) -> Cell:

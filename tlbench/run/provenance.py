@@ -42,7 +42,7 @@ def cell_provenance(cell: Cell, registry: Registry, loaded: Callable[[str], Load
     backbone = registry.get("backbones", cell.backbone)
     search = {}
     if cell.settings.lr is None:  # --lr auto: the grid and pruning rule choose the LR
-        strategy = registry.get("strategies", cell.strategy.partition(":")[0])
+        strategy = registry.get("strategies", cell.strategy_ref.name)
         search = {"lr_search": lr_search.protocol(strategy, cell.settings.lr_halving)}
     return {
         **search,

@@ -214,6 +214,7 @@ class Runner:
             "lr_search": search.to_record() if search is not None else None,
             "tuning_seconds": round(tuning, 3),
             "data_source": source,
+            "class_names": self.workspace.dataset(cell).classes(),  # pictures need no plugin
             "split_sizes": splits.sizes(),
             "weights_source": model.weights_source,
             **getattr(model, "pretrain_info", {}),  # --weights pretrain:<dataset>

@@ -17,7 +17,6 @@ import torch
 from tlbench.api.dataset import LoadedDataset, Splits
 from tlbench.api.errors import DataUnavailable, PluginError, TlbenchError
 from tlbench.api.model import StagedModel
-from tlbench.api.specs import split_strategy_arg
 from tlbench.backbones.weights import WeightsChoice, WeightsUnavailable
 from tlbench.data.preprocess import BatchAdapter, RandomShift
 from tlbench.data.splits import make_splits
@@ -99,7 +98,7 @@ class Workspace:
         return self.registry.get("datasets", cell.dataset)
 
     def strategy(self, cell: Cell):
-        return self.registry.get("strategies", cell.strategy.partition(":")[0])
+        return self.registry.get("strategies", cell.strategy_ref.name)
 
     def backbone_spec(self, cell: Cell):
         return self.registry.get("backbones", cell.backbone)
@@ -133,11 +132,10 @@ class Workspace:
                 groups.setdefault((cell.backbone, cell.weights), []).append(cell)
         for group in groups.values():
             model = self._prepared_backbone(group[0])
-            for text in dict.fromkeys(c.strategy for c in group) if model else ():
-                name, _, arg = text.partition(":")
-                spec = self.registry.get("strategies", name)
+            for ref in dict.fromkeys(c.strategy_ref for c in group) if model else ():
+                spec = self.registry.get("strategies", ref.name)
                 try:
-                    spec.phases(len(model.stages), arg or None, group[0].settings.epochs)
+                    spec.phases(len(model.stages), ref.arg, group[0].settings.epochs)
                 except TlbenchError:
                     raise
                 except Exception:  # noqa: BLE001 - a plugin bug: its cells record it
@@ -156,20 +154,21 @@ class Workspace:
     def model_for(self, cell: Cell):
         """A fresh copy of the backbone (built once per weights), the head seeded per cell:
         ``(model, strategy argument, strategy spec)``."""
-        name, _, arg = cell.strategy.partition(":")
-        strategy = self.registry.get("strategies", name)
+        ref = cell.strategy_ref
+        strategy = self.registry.get("strategies", ref.name)
         if strategy.weights is not None and cell.weights != strategy.weights:
             raise TlbenchError(  # cells.expand gives such strategies their own weights
-                f"strategy {name} starts from {strategy.weights!r} weights, not {cell.weights!r}"
+                f"strategy {ref.name} starts from {strategy.weights!r} weights, "
+                f"not {cell.weights!r}"
             )
         model = copy.deepcopy(self.backbone(cell))
         torch.manual_seed(cell.seed)  # same head init for every strategy of a seed: paired
         model.set_head(self.dataset(cell).num_classes, cell.settings.head_hidden)
         if strategy.prepare is not None:
-            positional, _ = split_strategy_arg(name, arg or None)
+            positional, _ = ref.split()
             strategy.prepare(model, positional if positional is not None else strategy.default_arg)
         model.to(self.device.device)
-        return model, arg or None, strategy
+        return model, ref.arg, strategy
 
     # ---- training ---------------------------------------------------------------------
     def adapter(self, cell: Cell) -> BatchAdapter:

@@ -100,6 +100,7 @@ class Record(TypedDict, total=False):
     # environment
     weights_source: str  # where the weights actually came from
     data_source: str  # which dataset source was used
+    class_names: list  # the dataset's classes in label order (older records: absent)
     split_sizes: dict  # {"train": n, "val": n, "test": n}
     resolution: int  # input side in px
     device: str

@@ -66,6 +66,7 @@ class RecordModel(_Strict):
     row_hash: Optional[str] = None
     threshold: Optional[Percent] = None
     split_sizes: Optional[SplitSizes] = None
+    class_names: Optional[list[str]] = None
     # metrics: required for ok records (the validator below), typed whenever present
     final_accuracy: Optional[Percent] = None
     epoch_budget: Optional[Annotated[int, Field(ge=1)]] = None

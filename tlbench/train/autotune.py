@@ -34,7 +34,6 @@ per (architecture, start stage, input size).
 from __future__ import annotations
 
 import copy
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlbench.api import env
 from tlbench.api.model import StagedModel
 from tlbench.train.device import synchronize
 
@@ -69,9 +69,8 @@ class FormatChoice:
 
 
 def forced_channels_last() -> Optional[bool]:
-    """``TLBENCH_CHANNELS_LAST`` as a bool, or None when unset."""
-    text = os.environ.get("TLBENCH_CHANNELS_LAST", "").strip().lower()
-    return None if text == "" else text not in ("0", "false", "no")
+    """``TLBENCH_CHANNELS_LAST`` as a bool, or None when unset (tlbench.api.env)."""
+    return env.channels_last()
 
 
 class Tuner:

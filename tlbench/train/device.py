@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tlbench.api import env
 from tlbench.api.errors import TlbenchError
 
 # NHWC may be chosen on the CPU (per phase, by measurement: tlbench.train.autotune).
@@ -53,7 +54,7 @@ def resolve_device(choice: str = "auto") -> DeviceInfo:
 
 
 def cudnn_benchmark() -> bool:
-    """cuDNN autotuning: on, unless ``TLBENCH_CUDNN_BENCHMARK=0``.
+    """cuDNN autotuning: on, unless ``TLBENCH_CUDNN_BENCHMARK=0`` (or another no word).
 
     Autotuning runs again for every new input shape, and a cell runs many (the ragged
     last batch of each split, inference at twice the training batch, probes).  On an H100
@@ -62,7 +63,7 @@ def cudnn_benchmark() -> bool:
     ~30 s outside its training steps; autotuning per shape is the suspect, not yet
     measured: ``tools/cuda_diag.py`` times both settings.
     """
-    return os.environ.get("TLBENCH_CUDNN_BENCHMARK", "1").strip() != "0"
+    return env.cudnn_benchmark()
 
 
 def synchronize(device: torch.device) -> None:

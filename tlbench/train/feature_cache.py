@@ -15,6 +15,7 @@ from typing import Callable, Hashable, Optional, Union
 
 import torch
 
+from tlbench.api import env
 from tlbench.api.model import StagedModel
 from tlbench.data.preprocess import BatchAdapter
 from tlbench.train.autotune import BatchPlan
@@ -23,7 +24,7 @@ from tlbench.train.device import synchronize
 
 def default_budgets(device: torch.device) -> tuple[int, int]:
     """(device bytes, host bytes) the cache may use; env TLBENCH_CACHE_BUDGET_MB caps host."""
-    host = int(os.environ.get("TLBENCH_CACHE_BUDGET_MB", "0")) * 2**20
+    host = env.cache_budget_bytes()
     if host <= 0:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         host = pages // 4

@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from tlbench.api import env
 from tlbench.api.errors import Interrupted, TlbenchError
 from tlbench.plan.settings import Cell
 from tlbench.run.executors.groups import GROUPINGS
@@ -81,7 +82,7 @@ def _resources_text(cluster: dict) -> str:
 def grouping_from_env() -> Callable[[list[Cell]], list[list[Cell]]]:
     """``TLBENCH_RAY_GROUPING``: ``data`` (default: per backbone, weights and dataset) or
     ``row`` (per leaderboard row: more parallel, each strategy fills its own cache)."""
-    name = os.environ.get("TLBENCH_RAY_GROUPING", "data")
+    name = env.ray_grouping()
     if name not in GROUPINGS:
         raise TlbenchError(f"TLBENCH_RAY_GROUPING={name!r} is not one of: {', '.join(GROUPINGS)}.")
     return GROUPINGS[name]
@@ -129,7 +130,7 @@ class RayExecutor:
         self.address, self.gpu_resource = address, gpu_resource
         self.grouping = grouping or grouping_from_env()
         self.cuda = cuda  # None: as the runner's device (tests force the GPU path)
-        self.cpus = int(os.environ.get("TLBENCH_RAY_CPUS_PER_WORKER", "1"))
+        self.cpus = env.ray_cpus_per_worker()
         self.shape: Optional[WorkerShape] = None  # known once a run starts
 
     def run(self, runner: Runner, cells: list[Cell], force: bool = False) -> Outcome:
@@ -154,8 +155,8 @@ class RayExecutor:
         return True
 
     def actor_options(self, shape: WorkerShape) -> dict:
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
-        runtime_env = {"env_vars": env} if env else None
+        forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIX)}
+        runtime_env = {"env_vars": forwarded} if forwarded else None
         return {**shape.options, "max_concurrency": 2, "runtime_env": runtime_env}
 
 
