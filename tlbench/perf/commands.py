@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tlbench.perf.bench import BenchRequest, run_bench, save
+from tlbench.perf.bench import BenchRequest, run_bench
+from tlbench.perf.result import save
 
 console = Console()
 err_console = Console(stderr=True)
