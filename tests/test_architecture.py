@@ -27,7 +27,13 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Exceptions, each with its reason; a listed item that shrinks below the limit fails the
 # test so the list stays true.
-LONG_MODULES: dict[str, str] = {}  # filled below while the split is under way
+LONG_MODULES: dict[str, str] = {
+    "tlbench.train.loop": "the training loop; being split (issue architecture)",
+    "tlbench.report.plots": "the leaderboard's plots; being reworked (typed values)",
+    "tlbench.report.leaderboard": "not split yet (issue architecture)",
+    "tlbench.data.sources": "not split yet (issue architecture)",
+    "tlbench.run.executors.ray_cluster": "not split yet (issue architecture)",
+}
 LONG_FUNCTIONS: dict[str, str] = {}
 
 
