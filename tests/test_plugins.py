@@ -173,8 +173,8 @@ def test_a_command_hook_that_raises_or_takes_a_name_is_a_warning(monkeypatch):
     assert result.err_lines() == [
         "warning: tlbench plugin 'acme-bad:cli': its register_commands hook failed and its "
         "commands were skipped: RuntimeError: no config file",
-        "warning: tlbench plugin 'acme-run:cli': command 'run' is already tlbench's; the "
-        "plugin's was skipped (run it under another name).",
+        "warning: tlbench plugin 'acme-run:cli': command 'run' is taken (by tlbench); the "
+        "plugin's was skipped: give it another name.",
     ]
     assert "Train every cell" in run_main(["run", "--help"]).out  # still tlbench's run
     assert run_main(["half-made"]).code == 2  # the failed hook added nothing

@@ -59,8 +59,8 @@ def register_commands(pm: pluggy.PluginManager, app: typer.Typer) -> None:
         for info, name in zip(added, _command_names(added), strict=True):
             if name in owner:
                 warnings.warn(
-                    f"tlbench plugin {plugin!r}: command {name!r} is already "
-                    f"{owner[name]}'s; the plugin's was skipped (run it under another name).",
+                    f"tlbench plugin {plugin!r}: command {name!r} is taken (by "
+                    f"{owner[name]}); the plugin's was skipped: give it another name.",
                     plugin_registry.PluginLoadWarning,
                     stacklevel=2,
                 )

@@ -6,7 +6,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pluggy
 
@@ -277,14 +277,17 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     return registry
 
 
-def each_plugin(pm: pluggy.PluginManager, hook_name: str):
+def each_plugin(
+    pm: pluggy.PluginManager, hook_name: str
+) -> Iterator[tuple[str, Any, Callable[..., Any]]]:
     """``(name, plugin, call)`` for each plugin that implements ``hook_name``, in
     registration order; ``call(**kwargs)`` runs that plugin's implementations alone,
-    through pluggy (argument selection, wrappers, tracing).
+    through pluggy (only the arguments each names, its wrappers, tracing, monitoring).
 
-    One call per plugin rather than one ``pm.hook.<name>(...)`` for all: a single call
-    stops at the first implementation that raises, so one broken plugin would hide
-    every later one's items, and nothing would say whose item is whose."""
+    One call per plugin rather than one ``pm.hook.<name>(register=...)`` for all: a single
+    call stops at the first implementation that raises, so one broken plugin would hide
+    the items of every plugin after it, and the shared ``register`` callback could not
+    tell which plugin is calling it (errors and ``tlbench list`` name the plugin)."""
     hook = getattr(pm.hook, hook_name)
     implementers = dict.fromkeys(impl.plugin for impl in hook.get_hookimpls())
     for plugin in implementers:
