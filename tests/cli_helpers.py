@@ -1,4 +1,4 @@
-"""Drive the real console entry point (``tlbench.cli.main.main``) and inspect what it left.
+"""Drive the real console entry point (``tlbench.cli.app.main``) and inspect what it left.
 
 ``main`` is what the ``tlbench`` script runs: it turns errors into one line on stderr
 and an exit code, so tests of exit codes and messages go through it, not ``app``.
@@ -61,7 +61,7 @@ class Result:
 
 def run_main(args: list[str]) -> Result:
     """``tlbench ARGS`` in this process, exactly as the console script runs it."""
-    import tlbench.cli.main
+    import tlbench.cli.app
 
     out, err = io.StringIO(), io.StringIO()
     argv, sys.argv = sys.argv, ["tlbench", *map(str, args)]
@@ -69,7 +69,7 @@ def run_main(args: list[str]) -> Result:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             tlbench.cli.ui.console.width = 250  # tables are checked for names: no folding
-            tlbench.cli.main.main()
+            tlbench.cli.app.main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     finally:

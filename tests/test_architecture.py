@@ -27,7 +27,13 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Exceptions, each with its reason; a listed item that shrinks below the limit fails the
 # test so the list stays true.
-LONG_MODULES: dict[str, str] = {}  # filled below while the split is under way
+LONG_MODULES: dict[str, str] = {
+    "tlbench.train.loop": "the training loop; being split (issue architecture)",
+    "tlbench.report.plots": "the leaderboard's plots; being reworked (typed values)",
+    "tlbench.report.leaderboard": "not split yet (issue architecture)",
+    "tlbench.data.sources": "not split yet (issue architecture)",
+    "tlbench.run.executors.ray_cluster": "not split yet (issue architecture)",
+}
 LONG_FUNCTIONS: dict[str, str] = {}
 
 
@@ -175,6 +181,6 @@ def test_modules_and_functions_fit_on_a_screen():
 def test_the_checker_sees_an_upward_import_and_a_cycle(tmp_path):
     """The checks above can fail: a lazy upward import and a two-module cycle are found."""
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from tlbench.cli.main import app\n")
-    assert imports_of(module, {"tlbench.cli.main"}) == {"tlbench.cli.main"}
+    module.write_text("def f():\n    from tlbench.cli.app import main\n")
+    assert imports_of(module, {"tlbench.cli.app"}) == {"tlbench.cli.app"}
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]

@@ -1,6 +1,6 @@
 """Bad input through the real console entry point: one line, exit code 2, nothing touched.
 
-Each case runs ``tlbench`` (``tlbench.cli.main.main``) against an output directory that
+Each case runs ``tlbench`` (``tlbench.cli.app.main``) against an output directory that
 already holds a finished record and a leaderboard, and checks that stderr is exactly
 one ``error:`` line saying what was wrong and what is accepted, and that no file under
 the output directory (nor the leaderboard) changed.

@@ -14,7 +14,7 @@ import tlbench.perf.bench as bench
 from tlbench.api.errors import TlbenchError
 from tlbench.api.model import StagedModel
 from tlbench.api.specs import Phase
-from tlbench.cli.main import app
+from tlbench.cli.app import make_app
 from tlbench.perf.bench import CONTRACT_KEYS, ModelFlops, PhaseWork, Work
 from tlbench.perf.flops import count_flops, matmul_peak, model_flops, train_step_flops
 from tlbench.plan.settings import Cell, make_settings
@@ -101,7 +101,7 @@ def test_matmul_peak_is_positive_and_named():
 def test_bench_json_has_the_contract_keys(tiny_plugin, monkeypatch):
     monkeypatch.setattr(bench, "PEAK_SIZE", 256)
     args = BENCH + ["--strategy", "partial:1", "--lr", "0.01", "--epochs", "2"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(make_app(), args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(CONTRACT_KEYS) <= set(data)
@@ -124,7 +124,7 @@ def test_bench_table_saved_file_and_performance_section(tiny_plugin, monkeypatch
     assert "## Performance" not in leaderboard.build(tmp_path)  # no results/bench: no section
     save_to = tmp_path / "bench"
     args = [a for a in BENCH if a != "--json"] + ["--save", str(save_to), "--weights", "random"]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(make_app(), args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "naive / tlbench" in result.stdout
     (saved,) = save_to.glob("*.json")
@@ -166,12 +166,12 @@ def test_run_augment_turns_the_cache_off_in_the_record(tiny_plugin, tmp_path):
         "--seeds", "1",
         "--output", str(tmp_path / "results"), "--benchmarks", str(tmp_path / "B.md"),
     ]  # fmt: skip
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(make_app(), args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     (line,) = (tmp_path / "results" / "t" / "records.jsonl").read_text().splitlines()
     record = json.loads(line)
     assert record["feature_cache"] == "off:augment" and record["config"]["augment"] == "shift:2"
-    bad = CliRunner().invoke(app, [("flip" if a == "shift:2" else a) for a in args])
+    bad = CliRunner().invoke(make_app(), [("flip" if a == "shift:2" else a) for a in args])
     assert isinstance(bad.exception, TlbenchError) and "--augment 'flip'" in str(bad.exception)
 
 

@@ -14,7 +14,7 @@ from plugin_fixtures import write_synthetic_idx
 from typer.testing import CliRunner
 
 from tlbench.api.errors import UnknownNameError
-from tlbench.cli.main import app
+from tlbench.cli.app import make_app
 from tlbench.store.records import RECORDS_FILE
 
 RUN = [
@@ -46,13 +46,13 @@ FOUR = "linear_probe,partial,full,two_stage"  # the foundation's strategies (+ s
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
     """Tables are checked for names, so do not let rich fold them at 80 columns."""
-    import tlbench.cli.main
+    import tlbench.cli.ui
 
     monkeypatch.setattr(tlbench.cli.ui.console, "width", 250)
 
 
 def invoke(args: list[str]):
-    return CliRunner().invoke(app, args, catch_exceptions=True)
+    return CliRunner().invoke(make_app(), args, catch_exceptions=True)
 
 
 def records(output: Path) -> list[dict]:

@@ -1,6 +1,6 @@
 """Faults during a run: each is injected, and no finished record may be lost or doubled.
 
-In-process runs go through ``tlbench.cli.main.main`` (the console script's code path); the
+In-process runs go through ``tlbench.cli.app.main`` (the console script's code path); the
 signal and ``kill -9`` tests run the CLI as a real subprocess (``tests/tiny_cli.py``).
 """
 

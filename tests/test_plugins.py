@@ -19,6 +19,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import typer
 from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pictures
 from fault_plugins import FaultPlugin
 from plugin_fixtures import write_synthetic_idx
@@ -126,6 +127,70 @@ def test_registration_hook_that_raises_or_registers_junk_is_skipped(monkeypatch,
     assert "linear_probe" in result.out
 
 
+# ---------------------------------------------------------------- commands
+
+
+class HelloCommand:
+    """A third-party plugin's command, as docs/plugins.md shows it."""
+
+    @hookimpl
+    def register_commands(self, app):
+        @app.command()
+        def hello(name: str = typer.Option("world", help="Who to greet.")):
+            """Say hello."""
+            typer.echo(f"hello {name}")
+
+
+class RaisesInCommands:
+    @hookimpl
+    def register_commands(self, app):
+        app.command("half-made")(lambda: None)
+        raise RuntimeError("no config file")
+
+
+class TakesRun:
+    @hookimpl
+    def register_commands(self, app):
+        @app.command("run")
+        def my_run():
+            """Not tlbench's run."""
+            typer.echo("hijacked")
+
+
+def test_a_plugin_adds_a_command(monkeypatch):
+    register_also(monkeypatch, (HelloCommand(), "acme-hello:cli"))
+    result = run_main(["hello", "--name", "tlbench"])
+    assert result.code == 0 and result.out == "hello tlbench\n", result.err
+    listed = run_main(["--help"])
+    assert re.search(r"│ hello +Say hello\.", listed.out) and "│ bench " in listed.out
+
+
+def test_a_command_hook_that_raises_or_takes_a_name_is_a_warning(monkeypatch):
+    plugins = [(RaisesInCommands(), "acme-bad:cli"), (TakesRun(), "acme-run:cli")]
+    register_also(monkeypatch, *plugins, (HelloCommand(), "acme-hello:cli"))
+    result = run_main(["hello"])
+    assert result.code == 0 and result.out == "hello world\n"
+    assert result.err_lines() == [
+        "warning: tlbench plugin 'acme-bad:cli': its register_commands hook failed and its "
+        "commands were skipped: RuntimeError: no config file",
+        "warning: tlbench plugin 'acme-run:cli': command 'run' is taken (by tlbench); the "
+        "plugin's was skipped: give it another name.",
+    ]
+    assert "Train every cell" in run_main(["run", "--help"]).out  # still tlbench's run
+    assert run_main(["half-made"]).code == 2  # the failed hook added nothing
+
+
+def test_builtin_commands_are_plugins_disabled_only_by_their_own_name(monkeypatch):
+    table = run_main(["plugins"]).out
+    assert "tlbench:bench" in table and "bench = tlbench.perf.commands" in table
+    monkeypatch.setenv("TLBENCH_DISABLE_PLUGINS", "tlbench:bench")
+    gone = run_main(["bench", "--help"])
+    assert gone.code == 2 and "No such command 'bench'" in gone.err
+    monkeypatch.setenv("TLBENCH_DISABLE_PLUGINS", "tlbench")  # the built-in items only
+    kept = run_main(["plugins"])
+    assert kept.code == 0 and re.search(r"tlbench:datasets .*disabled", kept.out)
+
+
 class DuplicateTiny:
     @hookimpl
     def register_backbones(self, register):
@@ -215,7 +280,7 @@ def test_guide_examples_match_the_package():
 
 SESSION = """
 import json, sys
-from tlbench.cli.main import main
+from tlbench.cli.app import main
 commands, tests = json.loads(sys.argv[1]), sys.argv[2:]
 for argv in commands:  # one process: torch and timm are imported once
     print("$ tlbench " + " ".join(argv), flush=True)

@@ -259,10 +259,10 @@ def test_lora_adapts_timm_conv_layers_of_a_real_backbone():
 def test_list_strategies_shows_all_ten(monkeypatch):
     from typer.testing import CliRunner
 
-    import tlbench.cli.main
+    import tlbench.cli.app
 
     monkeypatch.setattr(tlbench.cli.ui.console, "width", 300)
-    result = CliRunner().invoke(tlbench.cli.main.app, ["list", "strategies"])
+    result = CliRunner().invoke(tlbench.cli.app.make_app(), ["list", "strategies"])
     assert result.exit_code == 0
     for spec in STRATEGIES:
         assert spec.name in result.output and spec.description in result.output

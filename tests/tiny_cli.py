@@ -144,6 +144,6 @@ def fill(path: Path) -> None:
 
 if __name__ == "__main__":
     install()
-    from tlbench.cli.main import main
+    from tlbench.cli.app import main
 
     main()

@@ -1,3 +1,3 @@
-from tlbench.cli.main import main
+from tlbench.cli.app import main
 
 main()

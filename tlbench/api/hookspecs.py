@@ -54,3 +54,11 @@ def run_finished(directory, outcome, benchmarks):
     """Called once at the end of a run, after the leaderboard and its plots are written:
     ``outcome`` is the :class:`tlbench.run.runner.Outcome` and ``benchmarks`` the path of the
     leaderboard; both ``None`` when the run was interrupted (SIGINT/SIGTERM)."""
+
+
+@hookspec
+def register_commands(app):
+    """Add commands to the ``tlbench`` command line: ``app`` is its ``typer.Typer``, so
+    ``@app.command()`` on a function adds ``tlbench <name>`` (datasette's
+    ``register_commands(cli)``). Called once per invocation, before the arguments are
+    parsed; import heavy modules inside the command, not here."""

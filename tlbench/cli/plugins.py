@@ -1,4 +1,5 @@
-"""``tlbench plugins``, ``tlbench check-plugin NAME`` and ``tlbench --version``."""
+"""``tlbench plugins`` and ``tlbench check-plugin NAME``: a built-in plugin that adds
+them through the ``register_commands`` hook."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlbench import __version__
+from tlbench.api.hookspecs import hookimpl
 from tlbench.plugins import registry as plugin_registry
-from tlbench.run.contract import ContractError
 
 
 def plugins(
@@ -46,6 +47,8 @@ def plugins(
         table.add_row(*(escape(cell) for cell in row))
     console.print(table)
     if problems:
+        from tlbench.run.contract import ContractError
+
         raise ContractError(problems)
 
 
@@ -61,24 +64,10 @@ def check_plugin(
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if report.violations:
+        from tlbench.run.contract import ContractError
+
         raise ContractError(report.violations)
     console.print(f"{', '.join(report.plugins)}: {len(report.checked)} items keep the contract")
-
-
-def version_callback(value: bool) -> None:
-    if value:
-        from tlbench.cli.ui import console
-
-        console.print(f"tlbench {__version__}", highlight=False)
-        raise typer.Exit()
-
-
-def main_options(
-    version: bool = typer.Option(
-        False, "--version", callback=version_callback, is_eager=True, help="Show the version."
-    ),
-) -> None:
-    """Benchmark transfer-learning strategies: backbones x strategies x datasets."""
 
 
 def _items_by_plugin(registry) -> dict[str, str]:
@@ -97,7 +86,9 @@ def _checked(name: str, status: str, data_dir: Optional[str]) -> list[str]:
     return check(name, data_dir=data_dir).violations
 
 
-def register(app: typer.Typer) -> None:
-    app.callback()(main_options)
+@hookimpl
+def register_commands(app: typer.Typer) -> None:
+    """``plugins`` and ``check-plugin``: a built-in plugin (BUILTIN_COMMANDS), added the
+    way a third-party plugin adds its own commands."""
     app.command("plugins")(plugins)
     app.command("check-plugin")(check_plugin)

@@ -15,14 +15,11 @@ building the backbone from its weights, and a short warm-up of the process.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import platform
-import shlex
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,13 +30,13 @@ from tlbench.api.errors import TlbenchError
 from tlbench.backbones.weights import WeightsChoice, WeightsUnavailable
 from tlbench.perf.flops import ModelFlops, Peak, matmul_peak, model_flops, train_step_flops
 from tlbench.perf.naive import NaiveResult, NaiveSettings, run_naive, seed_transform
+from tlbench.perf.result import summarize
 from tlbench.plan.cells import canonical_strategy
 from tlbench.plan.settings import Cell, make_settings
 from tlbench.plugins import registry as plugin_registry
 from tlbench.report.bench_tables import speedup_ceiling
 from tlbench.run.runner import Runner
-from tlbench.store.safeio import atomic_write
-from tlbench.train.device import DeviceInfo, available_cores, resolve_device
+from tlbench.train.device import DeviceInfo, resolve_device
 from tlbench.train.loop import phase_starts
 
 PEAK_SIZE: Optional[int] = None  # matmul side for the peak; None: the device's default
@@ -273,113 +270,3 @@ def _work(runner: Runner, cell: Cell, record: dict, sizes: dict) -> Work:
     accuracies = [accuracy for _, accuracy in record["curve"]]
     best_pass = bool(accuracies) and max(accuracies) > accuracies[-1]
     return Work(model_flops(model, cell.resolution), tuple(work), sizes, best_pass)
-
-
-# ---------------------------------------------------------------- the result object
-
-
-def summarize(
-    request: BenchRequest,
-    cell: Cell,
-    hw: DeviceInfo,
-    note: Optional[str],
-    naive: NaiveResult,
-    record: dict,
-    tlbench_seconds: float,
-    work: Work,
-    peak,
-) -> dict:
-    trained = cell.settings.epochs * work.sizes["train"]
-    naive_flops, tlbench_flops = work.naive_flops(), work.tlbench_flops()
-    naive_rate = naive_flops / naive.seconds
-    tlbench_rate = tlbench_flops / tlbench_seconds
-    return {
-        "backbone": cell.backbone,
-        "strategy": cell.strategy,
-        "dataset": cell.dataset,
-        "weights": cell.weights,
-        "weights_source": record.get("weights_source"),
-        "weights_note": note,
-        "resolution": cell.resolution,
-        "epochs": cell.settings.epochs,
-        "batch_size": record["batch_size"],
-        "lr": cell.settings.lr,
-        "seed": cell.seed,
-        "split_sizes": work.sizes,
-        "data_source": record.get("data_source"),
-        "device": hw.name,
-        "device_slug": hw.slug,
-        "threads": torch.get_num_threads(),
-        "cores": available_cores(),
-        "memory_format": record.get("memory_format"),
-        "memory_format_rates": record.get("memory_format_rates"),
-        "inference_batch": record.get("inference_batch"),
-        "compile": request.compile,
-        "naive_num_workers": request.num_workers,
-        "naive_seconds": round(naive.seconds, 3),
-        "tlbench_seconds": round(tlbench_seconds, 3),
-        "speedup": round(naive.seconds / tlbench_seconds, 3),
-        "naive_accuracy": round(naive.accuracy, 4),
-        "tlbench_accuracy": record["final_accuracy"],
-        "accuracy_delta": round(record["final_accuracy"] - naive.accuracy, 4),
-        "naive_train_images_per_second": round(trained / naive.seconds, 2),
-        "tlbench_train_images_per_second": round(trained / tlbench_seconds, 2),
-        "naive_step_images_per_second": round(naive.train_images / naive.train_seconds, 2),
-        "tlbench_step_images_per_second": record["train_throughput"],
-        "feature_cache": record["feature_cache"],
-        "flops_per_image": work.model.forward,
-        "train_flops_per_image": [p.train_flops for p in work.phases],
-        "naive_flops": naive_flops,
-        "tlbench_flops": tlbench_flops,
-        "naive_flops_per_second": round(naive_rate),
-        "tlbench_flops_per_second": round(tlbench_rate),
-        "peak_flops_per_second": round(peak.flops_per_second),
-        "peak_method": peak.method,
-        "naive_mfu": round(naive_rate / peak.flops_per_second, 5),
-        "mfu": round(tlbench_rate / peak.flops_per_second, 5),
-        "flops_note": (
-            "FlopCounterMode counts of matmuls and convolutions (2 per multiply-add), "
-            "forward and the backward of the trained stages as really run; elementwise "
-            "ops not counted; each pipeline's executed work over its own wall seconds."
-        ),
-        "timed": (
-            "end to end: model copy, data pipeline, training, per-epoch validation, test; "
-            "untimed for both: dataset load, backbone build, warm-up"
-        ),
-        "versions": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            **record.get("versions", {}),
-        },
-        "request": asdict(request),
-        "command": command_line(request),
-    }
-
-
-def command_line(request: BenchRequest) -> str:
-    """The ``tlbench bench`` command that repeats ``request``, every setting spelled out."""
-    words = ["tlbench", "bench"]
-    for name, value in asdict(request).items():
-        flag = "--" + ("compile" if name == "compile" else name.replace("_", "-"))
-        if name == "compile":
-            words += [flag] if value else []
-        elif value is not None and not (name == "device" and value == "auto"):
-            words += [flag, str(value)]
-    return shlex.join(words)
-
-
-def result_filename(result: dict) -> str:
-    """e.g. ``cpu-2core-efficientnet_lite0-linear_probe-mnist-64px.json`` (``-compile``
-    before ``.json`` with ``--compile``)."""
-    strategy = result["strategy"].replace(":", "")
-    compiled = "-compile" if result.get("compile") else ""
-    return (
-        f"{result['device_slug']}-{result['backbone']}-{strategy}-{result['dataset']}-"
-        f"{result['resolution']}px{compiled}.json"
-    )
-
-
-def save(result: dict, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / result_filename(result)
-    return atomic_write(path, json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -1,4 +1,7 @@
-"""``tlbench bench``: the naive pipeline and tlbench's, side by side, on one cell."""
+"""``tlbench bench``: the naive pipeline and tlbench's, side by side, on one cell.
+
+A built-in plugin (its ``register_commands`` hook adds the command); imports stay cheap
+because every plugin manager loads it."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tlbench.perf.bench import BenchRequest, run_bench, save
+from tlbench.api.hookspecs import hookimpl
 
 console = Console()
 err_console = Console(stderr=True)
@@ -42,6 +45,9 @@ def bench(
     ),
 ) -> None:
     """Run one cell the naive way and tlbench's way in one process; compare time and FLOPs."""
+    from tlbench.perf.bench import BenchRequest, run_bench  # torch: only when it runs
+    from tlbench.perf.result import save
+
     request = BenchRequest(
         backbone,
         strategy,
@@ -119,3 +125,9 @@ def bench_table(r: dict) -> Table:
         "steady-state training steps"
     )
     return table
+
+
+@hookimpl
+def register_commands(app: typer.Typer) -> None:
+    """``bench``: added through the hook, like a third-party plugin's commands."""
+    app.command("bench")(bench)

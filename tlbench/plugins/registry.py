@@ -6,7 +6,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pluggy
 
@@ -117,6 +117,16 @@ BUILTIN_PLUGINS = (
 module here so that they load even when entry points are off or the distribution's
 metadata is missing (datasette's DEFAULT_PLUGINS)."""
 
+BUILTIN_COMMANDS = (
+    ("bench", "tlbench.perf.commands"),
+    ("plugins", "tlbench.cli.plugins"),
+)
+"""Built-in plugins that add commands (``register_commands``).  Named, never imported by
+this layer: like any entry point they are loaded by name, and may sit in a higher layer
+(tests/test_architecture.py) as a third-party plugin does.  Only their own names disable
+them: ``TLBENCH_DISABLE_PLUGINS=tlbench`` drops the built-in items, not ``tlbench
+plugins``."""
+
 
 @dataclass
 class PluginLoad:
@@ -154,15 +164,23 @@ def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     plugins (by plugin, entry point or distribution name), e.g. one of two that
     register the same name.
     """
-    import importlib
-
     pm = pluggy.PluginManager("tlbench")
     pm.add_hookspecs(hookspecs)
     LOADS.clear()
     disabled = disabled_plugins()
+    _register_builtins(pm, BUILTIN_PLUGINS, disabled)
+    _register_builtins(pm, BUILTIN_COMMANDS, disabled - {"tlbench"})
+    if load_entry_points and os.environ.get("TLBENCH_LOAD_PLUGINS", "1") != "0":
+        _load_entry_points(pm, disabled)
+    return pm
+
+
+def _register_builtins(pm: pluggy.PluginManager, builtins, disabled: set[str]) -> None:
+    import importlib
+
     from tlbench import __version__
 
-    for ep_name, module in BUILTIN_PLUGINS:
+    for ep_name, module in builtins:
         name = f"tlbench:{ep_name}"
         load = PluginLoad(name, "tlbench", __version__, f"{ep_name} = {module}", "loaded")
         LOADS[name] = load
@@ -171,9 +189,6 @@ def get_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
             continue
         pm.register(importlib.import_module(module), name=name)
         _ENTRY_POINT_VERSIONS[name] = f"tlbench {__version__}"
-    if load_entry_points and os.environ.get("TLBENCH_LOAD_PLUGINS", "1") != "0":
-        _load_entry_points(pm, disabled)
-    return pm
 
 
 # registered plugin name -> "<distribution> <version>", for plugins loaded from entry points
@@ -254,29 +269,52 @@ _PACKAGES: dict[str, list[str]] | None = None
 def collect(pm: pluggy.PluginManager) -> Registry:
     """Call every registration hook, remembering which plugin gave which item."""
     registry = Registry()
-    hooks = {
-        "backbones": pm.hook.register_backbones,
-        "strategies": pm.hook.register_strategies,
-        "datasets": pm.hook.register_datasets,
-    }
-    for kind, hook in hooks.items():
-        for impl in hook.get_hookimpls():
-            plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
-            version = plugin_version(impl.plugin, plugin_name)
-            for spec in _registered_by(impl, kind, plugin_name):
-                registry.add(kind, spec, plugin_name, version)
+    for kind in KINDS:
+        for name, plugin, call in each_plugin(pm, f"register_{kind}"):
+            version = plugin_version(plugin, name)
+            for spec in _registered_by(call, kind, name):
+                registry.add(kind, spec, name, version)
     return registry
 
 
-def _registered_by(impl, kind: str, plugin: str) -> list[Any]:
-    """The specs one hook implementation registers; a hook that raises or registers the
-    wrong type is skipped whole with a warning naming the plugin (the rest still load)."""
+def each_plugin(
+    pm: pluggy.PluginManager, hook_name: str
+) -> Iterator[tuple[str, Any, Callable[..., Any]]]:
+    """``(name, plugin, call)`` for each plugin that implements ``hook_name``, in
+    registration order; ``call(**kwargs)`` runs that plugin's implementations alone,
+    through pluggy (only the arguments each names, its wrappers, tracing, monitoring).
+
+    One call per plugin rather than one ``pm.hook.<name>(register=...)`` for all: a single
+    call stops at the first implementation that raises, so one broken plugin would hide
+    the items of every plugin after it, and the shared ``register`` callback could not
+    tell which plugin is calling it (errors and ``tlbench list`` name the plugin)."""
+    hook = getattr(pm.hook, hook_name)
+    implementers = dict.fromkeys(impl.plugin for impl in hook.get_hookimpls())
+    for plugin in implementers:
+        others = [p for p in pm.get_plugins() if p is not plugin]
+        name = pm.get_name(plugin) or repr(plugin)
+        yield name, plugin, pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+
+def warn_failed(plugin: str, kind: str, exc: Exception) -> None:
+    """A plugin's registration hook raised: say which, and go on without it."""
+    warnings.warn(
+        f"tlbench plugin {plugin!r}: its register_{kind} hook failed and its {kind} "
+        f"were skipped: {type(exc).__name__}: {exc}",
+        PluginLoadWarning,
+        stacklevel=4,
+    )
+
+
+def _registered_by(call, kind: str, plugin: str) -> list[Any]:
+    """The specs one plugin registers; a hook that raises or registers the wrong type
+    is skipped whole with a warning naming the plugin (the rest still load)."""
     from tlbench.api.specs import BackboneSpec, DatasetSpec, StrategySpec
 
     expected = {"backbones": BackboneSpec, "strategies": StrategySpec, "datasets": DatasetSpec}
     specs: list[Any] = []
     try:
-        impl.function(specs.append)
+        call(register=specs.append)
         for spec in specs:
             if not isinstance(spec, expected[kind]):
                 raise TypeError(
@@ -284,12 +322,7 @@ def _registered_by(impl, kind: str, plugin: str) -> list[Any]:
                     f"tlbench.api.specs.{expected[kind].__name__}"
                 )
     except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the rest
-        warnings.warn(
-            f"tlbench plugin {plugin!r}: its register_{kind} hook failed and its {kind} "
-            f"were skipped: {type(exc).__name__}: {exc}",
-            PluginLoadWarning,
-            stacklevel=3,
-        )
+        warn_failed(plugin, kind, exc)
         return []
     return specs
 

@@ -1,24 +1,23 @@
-"""The ``tlbench`` command line: run, list, leaderboard."""
+"""``tlbench run``: plan the cells of the cross-product, check them, train, and write the
+records and the leaderboard (``--dry-run``: the plan only)."""
 
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from tlbench.api.errors import Interrupted, TlbenchError, TlbenchWarning
-from tlbench.cli.ui import RichProgress, console, err_console, summary_table
+from tlbench.api.errors import Interrupted, TlbenchError
+from tlbench.cli.ui import RichProgress, console, summary_table
 from tlbench.data.folder import add_folder_datasets
 from tlbench.plan.cells import Choices, expand
 from tlbench.plan.inputs import check_run
 from tlbench.plan.settings import (
     DEFAULT_SEEDS,
     Cell,
+    Settings,
     make_settings,
     parse_lr,
     parse_seeds,
@@ -26,77 +25,21 @@ from tlbench.plan.settings import (
 )
 from tlbench.plan.sizes import check_sizes, with_dataset_defaults
 from tlbench.plugins import registry as plugin_registry
-from tlbench.plugins.registry import KINDS, Registry
+from tlbench.plugins.registry import Registry
 from tlbench.report import leaderboard
 from tlbench.run.contract import check_cells
 from tlbench.run.executors import Executor, make_executor
 from tlbench.run.provenance import check_same_settings
-from tlbench.run.runner import Runner
+from tlbench.run.runner import Outcome, Runner
 from tlbench.run.workspace import availability
-from tlbench.store import interrupts
 from tlbench.store.records import check_writable, finished_hashes, load_records, run_dir
 from tlbench.train.device import resolve_device
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=False,
-    pretty_exceptions_enable=False,
-    help="Benchmark transfer-learning strategies: backbones x strategies x "
-    "datasets, with a leaderboard.",
-)
 
 DEFAULT_BACKBONES = "efficientnet_lite0"  # the one backbone with ImageNet weights offline
 DEFAULT_STRATEGIES = "linear_probe,partial,full,two_stage"
 DEFAULT_DATASETS = "mnist,fashion"
 
 
-def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
-    try:
-        with warnings.catch_warnings(), interrupts.handled():
-            warnings.showwarning = _OneLineWarnings(warnings.showwarning)
-            code = app(standalone_mode=False)  # typer.Exit(n) comes back as n here
-    except Interrupted as exc:  # SIGINT/SIGTERM: finished records kept, say how to resume
-        err_console.print(f"[bold yellow]{exc}[/]", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except TlbenchError as exc:
-        err_console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
-        sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code (2)
-        code = getattr(exc, "exit_code", None)
-        if code is None:
-            raise
-        if hasattr(exc, "format_message"):  # one line, like tlbench's own errors
-            ctx = getattr(exc, "ctx", None)
-            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            message = " ".join(exc.format_message().split()) + hint
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-        sys.exit(code)
-    if isinstance(code, int) and code:
-        sys.exit(code)
-
-
-class _OneLineWarnings:
-    """tlbench's own warnings (a broken plugin, a corrupt record line): one line each,
-    once per command; other warnings keep Python's format."""
-
-    def __init__(self, fallback):
-        self.fallback, self.shown = fallback, set()
-
-    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
-        if not issubclass(category, TlbenchWarning):
-            self.fallback(message, category, filename, lineno, file, line)
-        elif str(message) not in self.shown:
-            self.shown.add(str(message))
-            err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-
-
-@app.command()
 def run(
     backbones: str = typer.Option(DEFAULT_BACKBONES, help="Comma list or 'all'."),
     strategies: str = typer.Option(
@@ -170,53 +113,19 @@ def run(
     ),
 ) -> None:
     """Train every cell of the cross-product and write records and the leaderboard."""
+    options = dict(locals())  # every option by name, for check_run and the plan
     cell_executor = make_executor(executor, ray_address)
     pm = plugin_registry.get_plugin_manager()
     registry = plugin_registry.collect(pm)
     hw = resolve_device(device)
-    datasets = add_folder_datasets(registry, datasets, skip_bad_images)  # folder:NAME=PATH
-    check_run(registry, hw.is_cuda, **_options(locals()))  # every bad option in one message
+    options["datasets"] = add_folder_datasets(registry, datasets, skip_bad_images)
+    check_run(registry, hw.is_cuda, **options)  # every bad option in one message
     names = {
-        kind: registry.resolve_list(kind, text)
-        for kind, text in (
-            ("backbones", backbones),
-            ("strategies", strategies),
-            ("datasets", datasets),
-        )
+        kind: registry.resolve_list(kind, options[kind])
+        for kind in ("backbones", "strategies", "datasets")
     }
-    settings = make_settings(
-        hw.is_cuda,
-        parse_lr(lr),
-        evals_per_epoch,
-        head_hidden,
-        augment=augment,
-        lr_halving=lr_halving,
-        schedule=schedule,
-        epochs=epochs,
-        batch_size=batch_size,
-        resolution=resolution,
-        **with_dataset_defaults(  # a dataset's own smaller defaults (tlbench.plan.sizes)
-            [registry.get("datasets", d) for d in names["datasets"]],
-            hw.is_cuda,
-            train_size=train_size,
-            val_size=val_size,
-            test_size=test_size,
-        ),
-    )
-    choices = Choices(
-        names["backbones"],
-        names["strategies"],
-        names["datasets"],
-        parse_seeds(seeds),
-        _weights_label(weights),
-        parse_thresholds(
-            threshold,
-            names["datasets"],
-            {d: registry.get("datasets", d).default_threshold for d in names["datasets"]},
-        ),
-        reference,
-    )
-    cells = expand(choices, settings, registry)
+    settings = _settings(registry, names, hw.is_cuda, options)
+    cells = expand(_choices(registry, names, options), settings, registry)
     directory = run_dir(output, run_name or _default_run_name(hw.slug, settings))
     blocked = {c: r for c in cells if (r := availability(registry, data_dir)(c))}
     runner = Runner(registry, pm.hook, hw, directory, data_dir, compile_model=compile_model)
@@ -225,22 +134,9 @@ def run(
     check_cells(runner, [c for c in cells if c not in blocked])  # plugin contract, plans
     check_sizes(runner, [c for c in cells if c not in blocked])  # all size problems at once
     if dry_run:
-        console.print(plan_table(cells, registry, blocked, directory, data_dir))
-        try:
-            check_same_settings(directory, load_records(directory), cells)
-        except TlbenchError as exc:  # a dry run says so and plans nothing else
-            console.print(f"[bold yellow]this run would stop:[/] {exc}", highlight=False)
+        _dry_run(cells, registry, blocked, directory, data_dir)
         return
-    check_same_settings(directory, load_records(directory), [c for c in cells if c not in blocked])
-    check_writable(directory)
-    runner.workspace.prepare_data([c for c in cells if c not in blocked])
-    runner.workspace.prepare_models([c for c in cells if c not in blocked])
-    pm.hook.run_started(directory=directory, cells=[c for c in cells if c not in blocked])
-    try:
-        outcome = _execute(runner, cells, blocked, force, cell_executor)
-    except Interrupted:
-        pm.hook.run_finished(directory=directory, outcome=None, benchmarks=None)
-        raise
+    outcome = _train(pm.hook, runner, directory, cells, blocked, force, cell_executor)
     path = leaderboard.write(output, benchmarks or output / "BENCHMARKS.md")
     pm.hook.run_finished(directory=directory, outcome=outcome, benchmarks=path)
     console.print(summary_table(outcome))
@@ -249,9 +145,68 @@ def run(
         raise typer.Exit(1)
 
 
-def _options(given: dict) -> dict:
-    """``run``'s own options, by name, for :func:`tlbench.plan.inputs.check_run`."""
-    return {k: v for k, v in given.items() if k not in ("pm", "registry", "hw")}
+def _settings(registry: Registry, names: dict, is_cuda: bool, o: dict) -> Settings:
+    """The run's settings: the options, else the device profile, else each dataset's
+    own smaller defaults (tlbench.plan.sizes)."""
+    return make_settings(
+        is_cuda,
+        parse_lr(o["lr"]),
+        o["evals_per_epoch"],
+        o["head_hidden"],
+        augment=o["augment"],
+        lr_halving=o["lr_halving"],
+        schedule=o["schedule"],
+        epochs=o["epochs"],
+        batch_size=o["batch_size"],
+        resolution=o["resolution"],
+        **with_dataset_defaults(
+            [registry.get("datasets", d) for d in names["datasets"]],
+            is_cuda,
+            train_size=o["train_size"],
+            val_size=o["val_size"],
+            test_size=o["test_size"],
+        ),
+    )
+
+
+def _choices(registry: Registry, names: dict, o: dict) -> Choices:
+    datasets = names["datasets"]
+    defaults = {d: registry.get("datasets", d).default_threshold for d in datasets}
+    return Choices(
+        names["backbones"],
+        names["strategies"],
+        datasets,
+        parse_seeds(o["seeds"]),
+        _weights_label(o["weights"]),
+        parse_thresholds(o["threshold"], datasets, defaults),
+        o["reference"],
+    )
+
+
+def _dry_run(cells, registry: Registry, blocked: dict, directory: Path, data_dir) -> None:
+    console.print(plan_table(cells, registry, blocked, directory, data_dir))
+    try:
+        check_same_settings(directory, load_records(directory), cells)
+    except TlbenchError as exc:  # a dry run says so and plans nothing else
+        console.print(f"[bold yellow]this run would stop:[/] {exc}", highlight=False)
+
+
+def _train(
+    hook, runner: Runner, directory: Path, cells: list[Cell], blocked: dict, force, executor
+) -> Outcome:
+    """Check the run directory, prepare data and models, run the cells: the hooks see
+    the start, and the end too when interrupted."""
+    runnable = [c for c in cells if c not in blocked]
+    check_same_settings(directory, load_records(directory), runnable)
+    check_writable(directory)
+    runner.workspace.prepare_data(runnable)
+    runner.workspace.prepare_models(runnable)
+    hook.run_started(directory=directory, cells=runnable)
+    try:
+        return _execute(runner, cells, blocked, force, executor)
+    except Interrupted:
+        hook.run_finished(directory=directory, outcome=None, benchmarks=None)
+        raise
 
 
 def _execute(runner: Runner, cells: list[Cell], blocked: dict, force: bool, executor: Executor):
@@ -343,66 +298,3 @@ def _data_source(cell: Cell, registry: Registry, data_dir: Optional[str]) -> str
         return registry.get("datasets", cell.dataset).probe(data_dir)
     except TlbenchError:
         return "not found"
-
-
-@app.command("list")
-def list_items(
-    kind: str = typer.Argument(..., help="backbones, strategies or datasets."),
-    data_dir: Optional[str] = typer.Option(None, envvar="TLBENCH_DATA_DIR"),
-) -> None:
-    """Show registered items, the plugin each came from, and whether it can run here."""
-    if kind not in KINDS:
-        raise TlbenchError(f"cannot list {kind!r}: choose one of {', '.join(KINDS)}.")
-    registry = plugin_registry.load_registry()
-    registry.check_kind(kind)  # two plugins with one name: an error for this kind only
-    table = Table(title=f"registered {kind}")
-    for column in ("name", "plugin", "description", "here"):
-        table.add_column(column, overflow="fold")
-    for name, entry in registry.items[kind].items():
-        table.add_row(
-            name, entry.plugin, entry.spec.description, _status(kind, entry.spec, data_dir)
-        )
-    console.print(table)
-
-
-def _status(kind: str, spec, data_dir: Optional[str]) -> str:
-    if kind == "backbones":
-        reason = spec.imagenet_unavailable()
-        return (
-            f"imagenet weights: {spec.imagenet_sources[0]}"
-            if reason is None
-            else f"imagenet weights missing ({reason}); --weights random works"
-        )
-    if kind == "datasets":
-        try:
-            return f"data: {spec.probe(data_dir)}"
-        except TlbenchError as exc:
-            return f"no data: {exc}"
-    return "ready" + (f" (default arg {spec.default_arg})" if spec.default_arg else "")
-
-
-@app.command("leaderboard")
-def leaderboard_cmd(
-    output: Path = typer.Option(Path("results"), help="Results directory to read."),
-    path: Path = typer.Option(Path("BENCHMARKS.md"), help="File to write."),
-    check: bool = typer.Option(False, help="Exit 1 if the file is stale; write nothing."),
-) -> None:
-    """Rebuild BENCHMARKS.md from the records under results/."""
-    if check:
-        if leaderboard.is_stale(output, path):
-            err_console.print(
-                f"{path} is stale relative to {output}/: run `tlbench leaderboard` and commit it."
-            )
-            raise typer.Exit(1)
-        console.print(f"{path} is up to date.")
-        return
-    console.print(f"wrote {leaderboard.write(output, path)}")
-
-
-from tlbench.perf.commands import bench  # noqa: E402 - registered last, after the app exists
-
-app.command("bench")(bench)
-
-from tlbench.cli.plugins import register as _register_plugin_commands  # noqa: E402
-
-_register_plugin_commands(app)  # plugins, check-plugin, --version
