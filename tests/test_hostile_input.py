@@ -108,6 +108,14 @@ def test_records_fifo_neither_hangs_dry_run_nor_leaderboard(tiny_plugin, tmp_pat
     assert "No results yet" in (tmp_path / "B.md").read_text()
 
 
+def test_leaderboard_check_refuses_a_fifo_path_instead_of_hanging(tiny_plugin, tmp_path, alarm):
+    fifo = tmp_path / "B.md"
+    os.mkfifo(fifo)
+    check = ["leaderboard", "--check", "--output", str(tmp_path / "results"), "--path", str(fifo)]
+    result = run_main(check)
+    assert result.code == 2 and f"{fifo} is a FIFO, not a regular file" in result.err, result.err
+
+
 def test_benchmarks_path_is_checked_before_training(tiny_plugin, tmp_path):
     (tmp_path / "a-dir").mkdir()
     (tmp_path / "a-file").write_text("x")

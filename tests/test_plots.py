@@ -176,3 +176,16 @@ def test_a_cell_record_carries_its_dataset_class_names(tiny_plugin, tmp_path):
     stored = run_tiny(tmp_path, "linear_probe", epochs=1)
     assert stored["status"] == "ok", stored.get("error")
     assert stored["class_names"] == [str(i) for i in range(10)]  # synth: no names, indices
+
+
+def test_records_without_class_names_take_the_callers_names():
+    """Records written before they carried class names are labelled from the registry the
+    CLI passes in; a record's own names win, and an unknown dataset stays as it is."""
+    from tlbench.report.leaderboard import with_class_names
+
+    known = {"fashion": ["T-shirt/top", "Trouser"]}
+    old = {"dataset": "fashion", "status": "ok"}
+    assert with_class_names(old, known)["class_names"] == ["T-shirt/top", "Trouser"]
+    own = {**old, "class_names": ["a", "b"]}
+    assert with_class_names(own, known)["class_names"] == ["a", "b"]
+    assert "class_names" not in with_class_names({"dataset": "mnist"}, known)

@@ -8,7 +8,15 @@ from pathlib import Path
 import typer
 
 from tlbench.cli.ui import console, err_console
+from tlbench.plugins import registry as plugin_registry
+from tlbench.plugins.registry import Registry
 from tlbench.report import leaderboard
+
+
+def class_names(registry: Registry) -> dict[str, list[str]]:
+    """Every registered dataset's class names: labels for the pictures of records written
+    before records carried them (the report itself never loads plugins)."""
+    return {name: registry.get("datasets", name).classes() for name in registry.names("datasets")}
 
 
 def leaderboard_cmd(
@@ -25,4 +33,5 @@ def leaderboard_cmd(
             raise typer.Exit(1)
         console.print(f"{path} is up to date.")
         return
-    console.print(f"wrote {leaderboard.write(output, path)}")
+    registry = plugin_registry.collect(plugin_registry.get_plugin_manager())
+    console.print(f"wrote {leaderboard.write(output, path, class_names(registry))}")

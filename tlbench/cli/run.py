@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from tlbench.api.errors import Interrupted, TlbenchError
+from tlbench.cli.leaderboard import class_names
 from tlbench.cli.ui import RichProgress, console, summary_table
 from tlbench.data.folder import add_folder_datasets
 from tlbench.plan.cells import Choices, expand
@@ -137,7 +138,7 @@ def run(
         _dry_run(cells, registry, blocked, directory, data_dir)
         return
     outcome = _train(pm.hook, runner, directory, cells, blocked, force, cell_executor)
-    path = leaderboard.write(output, benchmarks or output / "BENCHMARKS.md")
+    path = leaderboard.write(output, benchmarks or output / "BENCHMARKS.md", class_names(registry))
     pm.hook.run_finished(directory=directory, outcome=outcome, benchmarks=path)
     console.print(summary_table(outcome))
     _report(outcome, directory, path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Mapping, Optional
 from urllib.parse import quote
 
 import pandas as pd
@@ -36,7 +36,7 @@ from tlbench.report.stats import (
 )
 from tlbench.store import interrupts
 from tlbench.store.records import Record, discover_runs, latest_by_hash, load_records
-from tlbench.store.safeio import UnsafePathError, atomic_write
+from tlbench.store.safeio import UnsafePathError, atomic_write, check_regular_or_absent
 
 BASELINE = "full"  # the strategy every other one is compared with, seed by seed
 
@@ -77,6 +77,14 @@ def build(output: str | Path, path: str | Path = "BENCHMARKS.md") -> str:
     return "\n".join(parts)
 
 
+def with_class_names(record: dict, known: Mapping[str, list]) -> dict:
+    """The record with ``known`` class names for its dataset when it carries none."""
+    names = known.get(record.get("dataset"))
+    if record.get("class_names") or not names:
+        return record
+    return {**record, "class_names": list(names)}
+
+
 def performance_section(output: str | Path) -> list[str]:
     """The "Performance" section from ``output``/bench (``tlbench bench --save``), if any."""
     from tlbench.report.bench_tables import main_job_markdown, performance_markdown
@@ -85,12 +93,17 @@ def performance_section(output: str | Path) -> list[str]:
     return [text for text in texts if text]
 
 
-def write(output: str | Path, path: str | Path) -> Path:
+def write(
+    output: str | Path, path: str | Path, class_names: Optional[Mapping[str, list]] = None
+) -> Path:
     """Render every run's pictures, then write the markdown that links them; each file
-    is replaced whole (``safeio.atomic_write``), so an interruption keeps the old one."""
+    is replaced whole (``safeio.atomic_write``), so an interruption keeps the old one.
+
+    ``class_names`` (dataset -> names, from the caller's registry) labels the pictures
+    of records written before records carried their class names."""
     with interrupts.phase("while writing the leaderboard", KEPT):
         for directory, records in _runs(output):
-            plots.render_all(directory, records)
+            plots.render_all(directory, [with_class_names(r, class_names or {}) for r in records])
         target = Path(path)
         return atomic_write(target, build(output, target))
 
@@ -102,8 +115,10 @@ KEPT = (
 
 
 def is_stale(output: str | Path, path: str | Path) -> bool:
-    """The text differs from a fresh build, or a picture it links is missing."""
+    """The text differs from a fresh build, or a picture it links is missing.  A path
+    that is not a regular file (a FIFO would block the read) is an error, not stale."""
     target = Path(path)
+    check_regular_or_absent(target, "leaderboard")
     if not target.exists() or target.read_text() != build(output, target):
         return True
     return any(
