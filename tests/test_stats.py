@@ -260,3 +260,31 @@ def test_few_seeds_widen_the_bootstrap_to_the_t_interval():
     assert diff.mean == pytest.approx(9.0) and diff.std == pytest.approx(t.std)
     assert diff.low <= t.low < 0 and diff.high >= t.high  # at least the t interval
     assert verdict(diff) == "no clear difference (CI spans 0)"
+
+
+def test_the_header_says_which_strategies_were_searched_how():
+    """One rule per group of strategies, the common one first; a grid that is a property
+    of the strategy is not a differing setting between rows of different strategies."""
+    from tlbench.report.leaderboard import differing_settings
+    from tlbench.report.run_header import _lr_setting
+    from tlbench.report.stats import group_rows
+
+    def record(strategy, halving, seed=0):
+        search = {"grid": [0.1, 0.01] if strategy == "linear_probe" else [1.0], "halving": halving}
+        config = {"lr": "auto", "lr_search": search, "strategy": strategy, "seed": seed}
+        return {"strategy": strategy, "config": config, "backbone": "b", "dataset": "d",
+                "weights": "w", "seed": seed, "status": "ok", "final_accuracy": 50.0,
+                "config_hash": f"{strategy}{seed}", "row_hash": strategy}  # fmt: skip
+
+    ok = [record("full", "eta=3 at 1/3 budget"), record("bitfit", "eta=3 at 1/3 budget"),
+          record("linear_probe", "off")]  # fmt: skip
+    assert _lr_setting("auto", ok) == (
+        "auto (each strategy's grid, chosen on validation: LR column; successive halving "
+        "eta=3 at 1/3 budget for the others; every candidate to the full budget for "
+        "linear_probe)"
+    )
+    assert _lr_setting("auto", ok[:2]).endswith("; successive halving eta=3 at 1/3 budget)")
+    assert differing_settings(group_rows(ok)) == []
+    changed = ok + [record("full", "off", seed=1)]
+    changed[-1]["config_hash"] = "other"
+    assert differing_settings(group_rows(changed)) == ["lr_search.halving"]

@@ -173,7 +173,7 @@ def dataset_table(rows: list[RowGroup], threshold: str) -> str:
 
 # config keys that follow from a row's identity (backbone, strategy, weights): shown in
 # the settings column only when they tell apart rows of the same identity
-_IDENTITY_DERIVED = ("resolution", "weights_id", "plugins.")
+_IDENTITY_DERIVED = ("resolution", "weights_id", "plugins.", "lr_search.")
 _NOT_SETTINGS = ("backbone", "strategy", "dataset", "weights", "seed")
 
 

@@ -65,13 +65,25 @@ def run_header(records: list[Record]) -> list[str]:
 def _lr_setting(lr, ok: list[dict]) -> str:
     if lr != "auto":
         return str(lr)
-    rules = unique_join(
-        (r["config"].get("lr_search") or {}).get("halving", "off")
-        .replace("off", "every candidate to the full budget")
-        .replace("eta=", "successive halving eta=")
-        for r in ok
-    )  # fmt: skip
-    return f"auto (each strategy's grid, chosen on validation: LR column; {rules})"
+    by_rule: dict[str, set] = {}
+    for r in ok:
+        rule = (r["config"].get("lr_search") or {}).get("halving", "off")
+        by_rule.setdefault(rule, set()).add(r["strategy"])
+    common = max(by_rule, key=lambda rule: (len(by_rule[rule]), rule), default="off")
+    rules = [
+        _lr_rule(rule)
+        + ("" if rule == common else f" for {md.text(', '.join(sorted(by_rule[rule])))}")
+        for rule in sorted(by_rule, key=lambda rule: rule != common)
+    ]
+    if len(rules) > 1:
+        rules[0] += " for the others"
+    return f"auto (each strategy's grid, chosen on validation: LR column; {'; '.join(rules)})"
+
+
+def _lr_rule(rule: str) -> str:
+    if rule == "off":
+        return "every candidate to the full budget"
+    return rule.replace("eta=", "successive halving eta=")
 
 
 def _evals_setting(requested: int, ok: list[dict]) -> str:
