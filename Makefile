@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision pinned to the releases the offline mirror holds (see README).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test bench setup data lint leaderboard
+.PHONY: run test test-fast bench setup data lint leaderboard
 
 $(BIN)/tlbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: setup data
 
 test: setup
 	$(BIN)/python -m pytest -q --ignore=tests/benchmarks
+
+# While developing: everything but the end-to-end tests marked slow (make test runs all).
+test-fast: setup
+	$(BIN)/python -m pytest -q --ignore=tests/benchmarks -m "not slow"
 
 bench: setup
 	$(BIN)/python -m pytest tests/benchmarks --benchmark-only

@@ -93,6 +93,7 @@ def rejects(recorded: Path, args: list[str], *fragments: str) -> str:
         ("--backbones", ",", ["malformed backbone list ','", "no empty items"]),
         ("--strategies", "", ["malformed strategy list ''", "or 'all'"]),
         ("--datasets", "synth,", ["malformed dataset list 'synth,'"]),
+        ("--augment", "flip", ["--augment 'flip'"]),
     ],
 )
 def test_unknown_names_and_malformed_lists(tiny_plugin, recorded, flag, value, fragments):

@@ -11,17 +11,12 @@ from torch import nn
 from typer.testing import CliRunner
 
 import tlbench.perf.bench as bench
-from tlbench.api.errors import TlbenchError
 from tlbench.api.model import StagedModel
 from tlbench.api.specs import Phase
 from tlbench.cli.app import make_app
 from tlbench.perf.bench import CONTRACT_KEYS, ModelFlops, PhaseWork, Work
 from tlbench.perf.flops import count_flops, matmul_peak, model_flops, train_step_flops
-from tlbench.plan.settings import Cell, make_settings
-from tlbench.plugins import registry as plugin_registry
 from tlbench.report import leaderboard
-from tlbench.run.runner import Runner
-from tlbench.train.device import resolve_device
 
 BENCH = [
     "bench",
@@ -134,45 +129,6 @@ def test_bench_table_saved_file_and_performance_section(tiny_plugin, monkeypatch
     board = leaderboard.build(tmp_path)
     assert "## Performance" in board and data["command"] in board
     assert "| tiny | linear_probe | random |" in board
-
-
-def test_cuda_out_of_memory_halves_the_batch_and_records_it(tiny_plugin, monkeypatch):
-    import tlbench.run.runner as runner_module
-
-    real_train = runner_module.CellTrainer.train
-
-    def train_or_oom(self):
-        if self.config.batch_size > 16:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_train(self)
-
-    monkeypatch.setattr(runner_module.CellTrainer, "train", train_or_oom)
-    pm = plugin_registry.get_plugin_manager()
-    runner = Runner(plugin_registry.collect(pm), pm.hook, resolve_device("cpu"), None)
-    settings = make_settings(
-        False, 0.01, 1, epochs=1, batch_size=64, resolution=16, train_size=100,
-        val_size=50, test_size=50,
-    )  # fmt: skip
-    cell = Cell("tiny", "linear_probe", "synth", 0, "random", 16, 95.0, settings)
-    record = runner.run_cell(cell)
-    assert record["status"] == "ok" and record["batch_size"] == 16
-
-
-def test_run_augment_turns_the_cache_off_in_the_record(tiny_plugin, tmp_path):
-    args = [
-        "run", "--backbones", "tiny", "--datasets", "synth", "--strategies", "linear_probe",
-        "--epochs", "1", "--resolution", "16", "--train-size", "100", "--val-size", "50",
-        "--test-size", "50", "--no-reference", "--run-name", "t", "--augment", "shift:2",
-        "--seeds", "1",
-        "--output", str(tmp_path / "results"), "--benchmarks", str(tmp_path / "B.md"),
-    ]  # fmt: skip
-    result = CliRunner().invoke(make_app(), args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    (line,) = (tmp_path / "results" / "t" / "records.jsonl").read_text().splitlines()
-    record = json.loads(line)
-    assert record["feature_cache"] == "off:augment" and record["config"]["augment"] == "shift:2"
-    bad = CliRunner().invoke(make_app(), [("flip" if a == "shift:2" else a) for a in args])
-    assert isinstance(bad.exception, TlbenchError) and "--augment 'flip'" in str(bad.exception)
 
 
 def test_main_job_before_and_after_table(tmp_path):

@@ -187,6 +187,7 @@ def test_cli_exit_code_2_and_one_line_for_unknown_backbone():
     assert len(lines) == 1 and "resnet18" in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_dry_run_lists_full_cross_product():
     proc = subprocess.run(
         [

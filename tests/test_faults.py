@@ -164,6 +164,7 @@ def assert_intact(tmp_path: Path, before: bytes, count: int) -> None:
     assert len(lines) == count and all(json.loads(line)["status"] == "ok" for line in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_abandons_the_cell_in_flight_and_says_how_to_resume(
     tiny_plugin, no_pictures, synth_dir, tmp_path, signum
@@ -191,6 +192,7 @@ def test_signal_abandons_the_cell_in_flight_and_says_how_to_resume(
     assert len({r["config_hash"] for r in read_records(tmp_path)}) == 3
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_the_same_command_completes(synth_dir, tmp_path):
     proc, env = start_and_hang_in_third_cell(tmp_path, synth_dir)
     before = records_path(tmp_path).read_bytes()

@@ -310,6 +310,7 @@ def layered_venv(tmp_path) -> Path:
     return python
 
 
+@pytest.mark.slow
 def test_extras_package_installs_lists_runs_and_uninstalls(layered_venv, tmp_path):
     env = {
         **os.environ,
@@ -386,6 +387,7 @@ def test_extras_items_in_process(monkeypatch, tiny_plugin, tmp_path):
 SHAPES_PKG = ROOT / "plugins" / "tlbench-shapes"
 
 
+@pytest.mark.slow
 def test_shapes_package_walkthrough_and_the_suite_is_hermetic(layered_venv, tmp_path):
     """docs/plugins.md section 9: install, list with its version, check, run, test,
     uninstall; and tlbench's own e2e count test passes with the package installed."""

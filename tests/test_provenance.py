@@ -62,6 +62,17 @@ def test_config_hash_covers_schema_data_weights_and_plugins(tiny_plugin):
     assert other_seed.config_hash != cell.config_hash and other_seed.row_hash == cell.row_hash
 
 
+def test_augmentation_is_in_the_config_only_when_on():
+    """--augment none keeps the hashes cells had before augmentation existed; shift:2 is
+    its own configuration (what tlbench run --augment records)."""
+    plain = Cell("tiny", "full", "synth", 0, "imagenet", 16, 95.0, settings())
+    shifted = dataclasses.replace(
+        plain, settings=dataclasses.replace(plain.settings, augment="shift:2")
+    )
+    assert "augment" not in plain.config() and shifted.config()["augment"] == "shift:2"
+    assert shifted.config_hash != plain.config_hash
+
+
 def test_config_hash_changes_when_the_data_folder_changes(tiny_plugin, synth_dir):
     before = finalized().config_hash
     assert finalized().config_hash == before  # stable: resume keeps working

@@ -40,6 +40,8 @@ SAME_RUN = TINY_RUN + ["--strategies", "linear_probe", "--reference"] + LEARNING
 THREE = TINY_RUN + ["--strategies", "linear_probe,full,two_stage"]  # one group, 3 cells
 RAY = ["--executor", "ray"]
 
+pytestmark = pytest.mark.slow  # a local Ray runtime per test: seconds each
+
 
 @pytest.fixture(scope="module")
 def ray_address():

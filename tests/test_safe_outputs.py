@@ -76,6 +76,7 @@ def full_disk(request, tmp_path):
         subprocess.run(["umount", "-l", str(root)], check=False)
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_every_record_leaderboard_and_picture(full_disk, synth_dir, tiny_plugin):
     root, fault = full_disk
     first = run_main(TINY_RUN + ["--strategies", "linear_probe"] + outputs(root))  # with PNGs
@@ -189,6 +190,7 @@ def test_kill_9_while_the_leaderboard_is_replaced_keeps_the_old_one(recorded, sy
 # ---------------------------------------------------------------- two runs, one output
 
 
+@pytest.mark.slow
 def test_a_second_run_skips_the_cell_the_first_is_training(tiny_plugin, synth_dir, tmp_path):
     args = TINY_RUN + outputs(tmp_path)
     first = start(
