@@ -1,17 +1,15 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TLBENCH_OFFLINE", "1")  # no test may reach the network
 # Hermetic: installed third-party plugins are not loaded (the built-ins always are), so
 # counts like the dry run's "56 planned cells" hold whatever else is installed.  Tests of
 # entry-point loading unset it (tests/test_plugins.py).
 os.environ.setdefault("TLBENCH_LOAD_PLUGINS", "0")
 
-from plugin_fixtures import TinyPlugin, write_synthetic_idx  # noqa: E402
+from helpers.plugins import TinyPlugin, write_synthetic_idx  # noqa: E402
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pictures
-from plugin_fixtures import TinyPlugin, tiny_staged
+from helpers.cli import TINY_RUN, output_args, read_records, run_main, skip_pictures
+from helpers.plugins import TinyPlugin, tiny_staged
 
 import tlbench.plugins.registry as registry
 from tlbench import __version__

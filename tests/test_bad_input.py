@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import TINY_RUN, run_main, skip_pictures, snapshot
-from plugin_fixtures import tiny_staged, write_synthetic_idx
+from helpers.cli import TINY_RUN, run_main, skip_pictures, snapshot
+from helpers.plugins import tiny_staged, write_synthetic_idx
 
 from tlbench.backbones.weights import WeightsChoice
 from tlbench.data import sources

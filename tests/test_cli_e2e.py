@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import register_tiny
-from plugin_fixtures import write_synthetic_idx
+from helpers.plugins import write_synthetic_idx
 from typer.testing import CliRunner
 
 from tlbench.api.errors import UnknownNameError

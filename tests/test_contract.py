@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pictures
-from plugin_fixtures import tiny_staged
+from helpers.cli import TINY_RUN, output_args, read_records, run_main, skip_pictures
+from helpers.plugins import tiny_staged
 from torch import nn
 
 import tlbench.plugins.registry as registry

@@ -16,7 +16,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from plugin_fixtures import TinyPlugin, tiny_staged, write_synthetic_idx
+from helpers.plugins import TinyPlugin, tiny_staged, write_synthetic_idx
 
 import tlbench.plugins.registry as plugin_registry
 from tlbench.api.specs import Phase

@@ -1,7 +1,7 @@
 """Faults during a run: each is injected, and no finished record may be lost or doubled.
 
 In-process runs go through ``tlbench.cli.app.main`` (the console script's code path); the
-signal and ``kill -9`` tests run the CLI as a real subprocess (``tests/tiny_cli.py``).
+signal and ``kill -9`` tests run the CLI as a real subprocess (``tests/helpers/tiny_cli.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import (
+from helpers.cli import (
     TINY_RUN,
     output_args,
     read_records,
@@ -25,14 +25,14 @@ from cli_helpers import (
     subprocess_env,
     tiny_cli,
 )
-from fault_plugins import NAN_AFTER, OOM_LIMIT, FaultPlugin
+from helpers.faults import NAN_AFTER, OOM_LIMIT, FaultPlugin
 
 from tlbench.store.records import CorruptRecordWarning, load_records
 
 
 @pytest.fixture
 def faults(tiny_plugin, monkeypatch):
-    """The tiny plugin plus the faulty backbones and strategy of ``fault_plugins``."""
+    """The tiny plugin plus the faulty backbones and strategy of ``helpers.faults``."""
     import tlbench.plugins.registry as registry
 
     with_tiny = registry.get_plugin_manager

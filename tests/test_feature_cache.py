@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from plugin_fixtures import tiny_staged
+from helpers.plugins import tiny_staged
 
 from tlbench.api.specs import Phase
 from tlbench.backbones.weights import WeightsChoice

@@ -4,7 +4,7 @@ untouched, and no fold where a folded copy would compute something else."""
 from __future__ import annotations
 
 import torch
-from plugin_fixtures import tiny_staged
+from helpers.plugins import tiny_staged
 from timm.layers import BatchNormAct2d
 from torch import nn
 

@@ -1,5 +1,5 @@
 """The built-in image-folder dataset (``--datasets folder:NAME=PATH``) on generated
-folders of PNG/JPEG/BMP/WEBP files in mixed modes and sizes (tests/image_folders.py)."""
+folders of PNG/JPEG/BMP/WEBP files in mixed modes and sizes (tests/helpers/folders.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pictures
-from image_folders import SHAPES, write_folder
+from helpers.cli import TINY_RUN, output_args, read_records, run_main, skip_pictures
+from helpers.folders import SHAPES, write_folder
 from PIL import Image
 
 import tlbench.data.folder as folder

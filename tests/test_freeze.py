@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests_helpers import run_tiny
+from helpers.tiny_run import run_tiny
 
 from tlbench.api.hookspecs import hookimpl
 from tlbench.api.specs import Phase, StrategySpec

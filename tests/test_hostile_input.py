@@ -14,7 +14,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from cli_helpers import TINY_RUN, records_path, run_main, skip_pictures
+from helpers.cli import TINY_RUN, records_path, run_main, skip_pictures
 
 from tlbench.report import leaderboard
 from tlbench.store.records import RECORDS_FILE, RecordRefused, append_record, load_records

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests_helpers import run_tiny, tiny_cells_runner
+from helpers.tiny_run import run_tiny, tiny_cells_runner
 
 from tlbench.api.errors import TlbenchError
 from tlbench.plan.settings import parse_lr

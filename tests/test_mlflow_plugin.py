@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 import pytest
-from cli_helpers import TINY_RUN, output_args, read_records, run_main
 from conftest import register_plugin
+from helpers.cli import TINY_RUN, output_args, read_records, run_main
 
 PLUGIN = Path(__file__).parents[1] / "plugins" / "tlbench-mlflow"
 pytest.importorskip("mlflow", reason="MLflow is not installed: pip install mlflow-skinny")

@@ -171,7 +171,7 @@ def test_the_schema_accepts_class_names_as_a_list_of_strings():
 
 
 def test_a_cell_record_carries_its_dataset_class_names(tiny_plugin, tmp_path):
-    from tests_helpers import run_tiny
+    from helpers.tiny_run import run_tiny
 
     stored = run_tiny(tmp_path, "linear_probe", epochs=1)
     assert stored["status"] == "ok", stored.get("error")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import typer
-from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pictures
-from fault_plugins import FaultPlugin
-from plugin_fixtures import write_synthetic_idx
+from helpers.cli import TINY_RUN, output_args, read_records, run_main, skip_pictures
+from helpers.faults import FaultPlugin
+from helpers.plugins import write_synthetic_idx
 
 import tlbench.plugins.registry as registry
 from tlbench.api import hookspecs

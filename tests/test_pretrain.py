@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from tests_helpers import run_tiny
+from helpers.tiny_run import run_tiny
 
 import tlbench.run.pretrain as pretrain
 from tlbench.api.errors import UnknownNameError

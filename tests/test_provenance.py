@@ -12,8 +12,8 @@ import dataclasses
 import json
 
 import torch
-from cli_helpers import TINY_RUN, output_args, records_path, run_main, skip_pictures, snapshot
-from plugin_fixtures import TinyPlugin, tiny_staged, write_synthetic_idx
+from helpers.cli import TINY_RUN, output_args, records_path, run_main, skip_pictures, snapshot
+from helpers.plugins import TinyPlugin, tiny_staged, write_synthetic_idx
 
 import tlbench
 import tlbench.plugins.registry as plugin_registry
@@ -53,9 +53,9 @@ def test_config_hash_covers_schema_data_weights_and_plugins(tiny_plugin):
     assert all(key in config for key in REQUIRED_CONFIG_KEYS)
     assert config["schema"] == SCHEMA_VERSION and config["data"].startswith("sha256:")
     assert config["plugins"] == {
-        "backbone": "plugin_fixtures unversioned",  # no __version__, no distribution
+        "backbone": "helpers unversioned",  # no __version__, no distribution
         "strategy": f"tlbench {tlbench.__version__}",  # the built-ins' entry points
-        "dataset": "plugin_fixtures unversioned",
+        "dataset": "helpers unversioned",
     }
     assert cell.row_hash == row_hash(config) != cell.config_hash
     other_seed = finalized(seed=1)
@@ -98,7 +98,7 @@ def test_config_hash_changes_when_the_weights_file_changes(tiny_plugin, tmp_path
 def test_config_hash_changes_when_a_plugin_version_changes(tiny_plugin):
     tiny_plugin.__version__ = "1.0"
     first = finalized()
-    assert first.config()["plugins"]["backbone"] == "plugin_fixtures 1.0"
+    assert first.config()["plugins"]["backbone"] == "helpers 1.0"
     tiny_plugin.__version__ = "1.1"
     assert finalized().config_hash != first.config_hash
 

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from cli_helpers import (
+from helpers.cli import (
     TINY_RUN,
     read_records,
     records_path,
@@ -24,7 +24,7 @@ from cli_helpers import (
     subprocess_env,
     tiny_cli,
 )
-from ray_helpers import WorkerEvents, wait_for_line
+from helpers.ray import WorkerEvents, wait_for_line
 
 from tlbench.plan.settings import Cell, make_settings
 from tlbench.run.executors import RAY_MISSING
@@ -310,7 +310,7 @@ def test_one_worker_per_gpu_with_a_custom_resource_standing_in_for_gpus(
 ):
     """The CUDA path on a machine without one: workers hold ``fake_gpu`` (the fixture's
     runtime has 2) instead of ``GPU``; everything else is the path a GPU run takes."""
-    from tests_helpers import tiny_cells_runner
+    from helpers.tiny_run import tiny_cells_runner
 
     from tlbench.run.executors.ray_cluster import RayExecutor
 

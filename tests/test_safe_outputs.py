@@ -2,7 +2,7 @@
 while the leaderboard is replaced, two runs on one output.
 
 Each test first makes a finished record, a leaderboard and (where pictures matter) PNGs,
-then injects the fault into a ``tlbench`` subprocess (``tests/tiny_cli.py``) and checks
+then injects the fault into a ``tlbench`` subprocess (``tests/helpers/tiny_cli.py``) and checks
 that every earlier file survives byte for byte.  The full disk is real where the machine
 allows it (a 512 KiB tmpfs, mounted as root); everywhere the same tests also run with an
 injected ``os.write`` that writes short and then fails with ENOSPC.
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import TINY_RUN, records_path, run_main, subprocess_env, tiny_cli
+from helpers.cli import TINY_RUN, records_path, run_main, subprocess_env, tiny_cli
 
 LOCK = ".tlbench.lock"
 
@@ -112,7 +112,7 @@ def test_full_disk_keeps_every_record_leaderboard_and_picture(full_disk, synth_d
 @pytest.fixture
 def recorded(tiny_plugin, tmp_path, monkeypatch):
     """One finished record and its leaderboard (no pictures: not the subject here)."""
-    from cli_helpers import skip_pictures
+    from helpers.cli import skip_pictures
 
     skip_pictures(monkeypatch)
     result = run_main(TINY_RUN + ["--strategies", "linear_probe"] + outputs(tmp_path))

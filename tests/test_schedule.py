@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from tests_helpers import tiny_cells_runner
+from helpers.tiny_run import tiny_cells_runner
 
 from tlbench.api.errors import TlbenchError
 from tlbench.plan.settings import make_settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from cli_helpers import read_records, run_main, skip_pictures
+from helpers.cli import read_records, run_main, skip_pictures
 from test_contract import dataset
 
 import tlbench.plugins.registry as registry

@@ -1,6 +1,6 @@
 """Every built-in strategy trains exactly the parameters it claims, and nothing else.
 
-The tiny backbone (tests/plugin_fixtures.py) has three stages, each Conv2d(bias=False) +
+The tiny backbone (tests/helpers/plugins.py) has three stages, each Conv2d(bias=False) +
 BatchNorm2d + ReLU, and a Linear(16, 10) head.  Its parameter counts, by hand:
 
     stage 0: conv 3->8 3x3 = 216,    BN(8) = 8 weights + 8 biases
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests_helpers import run_tiny
+from helpers.tiny_run import run_tiny
 from torch import nn
 
 from tlbench.api.errors import TlbenchError
@@ -203,7 +203,7 @@ def test_scratch_trains_everything_from_random(tiny_plugin, tmp_path):
 
 
 def tiny_model() -> StagedModel:
-    from plugin_fixtures import tiny_staged
+    from helpers.plugins import tiny_staged
 
     from tlbench.backbones.weights import WeightsChoice
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import TINY_RUN, output_args, read_records, run_main, skip_pictures
+from helpers.cli import TINY_RUN, output_args, read_records, run_main, skip_pictures
 
 import tlbench.data.torchvision_sets as tv
 from tlbench.api.errors import DataUnavailable

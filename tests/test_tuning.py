@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from plugin_fixtures import tiny_staged
+from helpers.plugins import tiny_staged
 
 import tlbench.train.autotune as tuning
 from tlbench.api.specs import Phase

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tlbench.store.records import RECORDS_FILE
 
-TESTS = Path(__file__).parent
-TINY_CLI = TESTS / "tiny_cli.py"
+TESTS = Path(__file__).resolve().parent.parent
+TINY_CLI = TESTS / "helpers/tiny_cli.py"
 
 TINY_RUN = [
     "run",
@@ -111,7 +111,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 def subprocess_env(synth_dir: Path, **extra: str) -> dict[str, str]:
-    """Environment for ``tiny_cli.py``: offline, wide tables, the synthetic data dir."""
+    """Environment for ``helpers/tiny_cli.py``: offline, wide tables, the synthetic data dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TLBENCH_TEST_")}
     env.update(
         TLBENCH_OFFLINE="1",

@@ -9,7 +9,7 @@ registering the plugin the way ``conftest.tiny_plugin`` does: by wrapping
 - ``TLBENCH_TEST_HANG_AT``: the N-th cell to start hangs at its first epoch end, after
   writing ``hang N`` to the events file, so a test can signal it mid-training.
 
-Leaderboard pictures are not rendered (``cli_helpers.skip_pictures``): seconds per run,
+Leaderboard pictures are not rendered (``helpers.cli.skip_pictures``): seconds per run,
 unless ``TLBENCH_TEST_PICTURES=1``.  Faults for ``test_safe_outputs.py``:
 
 - ``TLBENCH_TEST_HANG_IN``: ``plan`` (while the cells are planned), ``leaderboard`` (while
@@ -28,11 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from plugin_fixtures import TinyPlugin  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: helpers
 
 import tlbench.plugins.registry  # noqa: E402
+from helpers.plugins import TinyPlugin  # noqa: E402
 from tlbench.api.hookspecs import hookimpl  # noqa: E402
 
 

@@ -6,9 +6,9 @@ Every backbone is the tiny test CNN with one defect, so a cell costs about a sec
 from __future__ import annotations
 
 import torch
-from plugin_fixtures import tiny_staged
 from torch import nn
 
+from helpers.plugins import tiny_staged
 from tlbench.api.hookspecs import hookimpl
 from tlbench.api.model import StagedModel
 from tlbench.api.specs import BackboneSpec, Phase, StrategySpec
