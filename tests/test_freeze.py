@@ -104,7 +104,7 @@ def test_bn_modes_per_policy():
     from torch import nn
 
     from tlbench.api.model import StagedModel
-    from tlbench.train.loop import set_phase_modes
+    from tlbench.train.phases import set_phase_modes
 
     stages = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)) for _ in range(2)]
     model = StagedModel(
@@ -126,7 +126,7 @@ def test_two_stage_keeps_head_optimizer_state(tiny_plugin, tmp_path):
 
     from tlbench.api.model import StagedModel
     from tlbench.builtin.strategies import two_stage
-    from tlbench.train.loop import trainable_groups
+    from tlbench.train.phases import trainable_groups
 
     phases = two_stage(3, None)
     assert [p.bn for p in phases] == ["train", "frozen"]  # head-only phase: no stage trains
@@ -142,7 +142,7 @@ def test_two_stage_keeps_head_optimizer_state(tiny_plugin, tmp_path):
 def test_phase_change_carries_adam_state():
     import torch
 
-    from tlbench.train.loop import carry_state
+    from tlbench.train.phases import carry_state
 
     head, stage = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     first = torch.optim.Adam(head.parameters(), lr=0.1)

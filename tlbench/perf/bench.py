@@ -40,7 +40,7 @@ from tlbench.report.bench_tables import speedup_ceiling
 from tlbench.run.runner import Runner
 from tlbench.store.safeio import atomic_write
 from tlbench.train.device import DeviceInfo, available_cores, resolve_device
-from tlbench.train.loop import phase_starts
+from tlbench.train.phases import phase_starts
 
 PEAK_SIZE: Optional[int] = None  # matmul side for the peak; None: the device's default
 CONTRACT_KEYS = (
