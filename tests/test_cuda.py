@@ -29,7 +29,8 @@ from tlbench.plan.settings import Cell, make_settings
 from tlbench.run.runner import Runner
 from tlbench.train.device import resolve_device
 from tlbench.train.feature_cache import FeatureCache, _autocast
-from tlbench.train.loop import Batch, CellTrainer, TrainConfig
+from tlbench.train.loop import CellTrainer
+from tlbench.train.state import Batch, TrainConfig
 
 pytestmark = [
     pytest.mark.cuda,

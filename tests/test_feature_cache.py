@@ -18,7 +18,8 @@ from tlbench.data.preprocess import BatchAdapter, RandomShift
 from tlbench.data.sources import find_idx_files, load_idx_dir
 from tlbench.data.splits import make_splits
 from tlbench.train.feature_cache import FeatureCache, compute_prefix
-from tlbench.train.loop import CellTrainer, TrainConfig
+from tlbench.train.loop import CellTrainer
+from tlbench.train.state import TrainConfig
 
 ATOL, RTOL = 1e-5, 1e-4
 CPU = torch.device("cpu")

@@ -104,7 +104,7 @@ def test_bn_modes_per_policy():
     from torch import nn
 
     from tlbench.api.model import StagedModel
-    from tlbench.train.loop import set_phase_modes
+    from tlbench.train.phases import set_phase_modes
 
     stages = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)) for _ in range(2)]
     model = StagedModel(
@@ -120,13 +120,30 @@ def test_bn_modes_per_policy():
     assert not model.stages[1][1].training and model.stages[1][0].training
 
 
+def test_eval_mode_restores_each_modules_own_flag_even_on_error():
+    """A frozen-BatchNorm phase mixes modes inside a stage: a recursive train() after an
+    inference pass would undo it, eval_mode must not."""
+    from torch import nn
+
+    from tlbench.train.modes import eval_mode
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    model[1].eval()
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert model.training and model[0].training and not model[1].training
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError("a failing pass")
+    assert model[0].training and not model[1].training
+
+
 def test_two_stage_keeps_head_optimizer_state(tiny_plugin, tmp_path):
     """The phase change adds the backbone at LR x 0.1; the head keeps its LR and moments."""
     import torch
 
     from tlbench.api.model import StagedModel
     from tlbench.builtin.strategies import two_stage
-    from tlbench.train.loop import trainable_groups
+    from tlbench.train.phases import trainable_groups
 
     phases = two_stage(3, None)
     assert [p.bn for p in phases] == ["train", "frozen"]  # head-only phase: no stage trains
@@ -142,7 +159,7 @@ def test_two_stage_keeps_head_optimizer_state(tiny_plugin, tmp_path):
 def test_phase_change_carries_adam_state():
     import torch
 
-    from tlbench.train.loop import carry_state
+    from tlbench.train.phases import carry_state
 
     head, stage = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     first = torch.optim.Adam(head.parameters(), lr=0.1)

@@ -21,7 +21,9 @@ from tlbench.data.sources import find_idx_files, load_idx_dir
 from tlbench.data.splits import make_splits
 from tlbench.train.autotune import BatchPlan, Tuner
 from tlbench.train.feature_cache import FeatureCache
-from tlbench.train.loop import CellTrainer, TrainConfig, set_phase_modes, trainable_groups
+from tlbench.train.loop import CellTrainer
+from tlbench.train.phases import set_phase_modes, trainable_groups
+from tlbench.train.state import TrainConfig
 
 ATOL, RTOL = 1e-5, 1e-4
 CPU = torch.device("cpu")
@@ -196,7 +198,7 @@ def test_compile_covers_every_stage_and_trial_copies_stay_eager(monkeypatch):
     import torch._dynamo
 
     from tlbench.train.autotune import eager_copy
-    from tlbench.train.loop import compile_stages
+    from tlbench.train.phases import compile_stages
 
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
     model = tiny_model(0)

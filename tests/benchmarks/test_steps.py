@@ -23,7 +23,8 @@ from tlbench.perf.naive import seed_transform
 from tlbench.plugins import registry as plugin_registry
 from tlbench.train.device import resolve_device
 from tlbench.train.feature_cache import FeatureCache
-from tlbench.train.loop import Batch, CellTrainer, TrainConfig
+from tlbench.train.loop import CellTrainer
+from tlbench.train.state import Batch, TrainConfig
 
 BACKBONE = os.environ.get("TLBENCH_BENCH_BACKBONE", "efficientnet_lite0")
 RESOLUTION, BATCH, IMAGES = 64, 64, 256

@@ -37,7 +37,7 @@ from tlbench.plugins import registry as plugin_registry
 from tlbench.report.bench_tables import speedup_ceiling
 from tlbench.run.runner import Runner
 from tlbench.train.device import DeviceInfo, resolve_device
-from tlbench.train.loop import phase_starts
+from tlbench.train.phases import phase_starts
 
 PEAK_SIZE: Optional[int] = None  # matmul side for the peak; None: the device's default
 CONTRACT_KEYS = (

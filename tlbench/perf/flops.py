@@ -91,7 +91,7 @@ def train_step_flops(
     frozen prefix runs outside the counter (the feature cache or a forward pass pays it,
     see :class:`ModelFlops`).
     """
-    from tlbench.train.loop import phase_stages, set_phase_modes, trainable_groups
+    from tlbench.train.phases import phase_stages, set_phase_modes, trainable_groups
 
     model = copy.deepcopy(model)
     stages = phase_stages(phase, len(model.stages))

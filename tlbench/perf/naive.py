@@ -30,7 +30,7 @@ from tlbench.api.dataset import Splits
 from tlbench.api.model import StagedModel
 from tlbench.api.specs import Phase
 from tlbench.train.device import synchronize
-from tlbench.train.loop import phase_stages, phase_starts, set_phase_modes, trainable_groups
+from tlbench.train.phases import phase_stages, phase_starts, set_phase_modes, trainable_groups
 
 
 class PilImages(Dataset):

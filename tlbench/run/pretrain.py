@@ -27,7 +27,7 @@ from tlbench.api.specs import Phase
 from tlbench.backbones.weights import WeightsChoice
 from tlbench.plan.settings import Cell
 from tlbench.store.safeio import atomic_write
-from tlbench.train.loop import Diverged, TrainConfig
+from tlbench.train.state import Diverged, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from tlbench.run.workspace import Workspace

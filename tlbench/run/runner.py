@@ -26,7 +26,8 @@ from tlbench.store.records import RECORDS_FILE, Record, append_record, finished_
 from tlbench.store.safeio import atomic_write
 from tlbench.train import lr_search
 from tlbench.train.device import DeviceInfo
-from tlbench.train.loop import CellTrainer, Diverged
+from tlbench.train.loop import CellTrainer
+from tlbench.train.state import Diverged
 
 
 @dataclass

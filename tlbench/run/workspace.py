@@ -27,7 +27,9 @@ from tlbench.run.provenance import cell_provenance
 from tlbench.train.autotune import Tuner
 from tlbench.train.device import DeviceInfo
 from tlbench.train.feature_cache import FeatureCache
-from tlbench.train.loop import CellTrainer, TrainConfig
+from tlbench.train.loop import CellTrainer
+from tlbench.train.modes import eval_mode
+from tlbench.train.state import TrainConfig
 
 
 class Workspace:
@@ -277,19 +279,16 @@ def check_backbone(model: object, name: str, plugin: str, resolution: int) -> St
         )
     if len(model.stages) == 0 or not isinstance(model.num_features, int):
         raise PluginError(f"{where}: build() returned a StagedModel without stages.")
-    was_training = model.training
     device = next(model.parameters(), torch.empty(0)).device
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             probe = torch.zeros(1, 3, resolution, resolution, device=device)
-            out = model.eval().forward_stages(probe)
+            out = model.forward_stages(probe)
     except Exception as exc:  # noqa: BLE001 - reported with the plugin's name
         raise PluginError(
             f"{where}: its stages fail on a 1x3x{resolution}x{resolution} input: "
             f"{type(exc).__name__}: {first_line(exc)}"
         ) from exc
-    finally:
-        model.train(was_training)
     if tuple(out.shape) != (1, model.num_features):
         raise PluginError(
             f"{where}: its stages output shape {tuple(out.shape)} for one image, but "

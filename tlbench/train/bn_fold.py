@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from tlbench.api.model import StagedModel
 from tlbench.train.autotune import eager_copy
+from tlbench.train.modes import eval_mode
 
 RTOL, ATOL = 1e-4, 1e-4  # folded vs plain prefix on the probe batch (fp32 rounding only)
 
@@ -32,11 +33,8 @@ def folded_prefix(model: StagedModel, stop: int, probe: torch.Tensor) -> Optiona
     folded = [pair for pair in pairs if _fold(prefix, *pair)]
     if not folded:
         return None
-    was = [m.training for m in model.stages.modules()]
-    model.stages.eval()
-    expected = model.forward_stages(probe, 0, stop)
-    for module, mode in zip(model.stages.modules(), was, strict=True):
-        module.training = mode
+    with eval_mode(model.stages):
+        expected = model.forward_stages(probe, 0, stop)
     return prefix if torch.allclose(prefix(probe), expected, rtol=RTOL, atol=ATOL) else None
 
 

@@ -20,6 +20,7 @@ from tlbench.api.model import StagedModel
 from tlbench.data.preprocess import BatchAdapter
 from tlbench.train.autotune import BatchPlan
 from tlbench.train.device import synchronize
+from tlbench.train.modes import eval_mode
 
 
 def default_budgets(device: torch.device) -> tuple[int, int]:
@@ -122,27 +123,21 @@ def compute_prefix(
     its first batches to choose one.  ``forward``: what computes stages[:stop] of a batch
     (default ``model.forward_stages``; the trainer passes its BatchNorm-folded copy).
 
-    Every module's own mode is restored afterwards (a phase may keep single modules of a
-    trainable stage in eval mode, so a recursive ``train()`` would not do).
+    Every module's own mode is restored afterwards (tlbench.train.modes.eval_mode).
     """
-    modes = [(module, module.training) for module in model.stages.modules()]
-    model.stages.eval()
     outputs = []
-    try:
 
-        def batch(index: slice) -> None:
-            x = adapter(images[index])
-            with _autocast(x.device, autocast):
-                y = forward(x) if forward else model.forward_stages(x, 0, stop)
-            outputs.append(y.to(target, non_blocking=True))
+    def batch(index: slice) -> None:
+        x = adapter(images[index])
+        with _autocast(x.device, autocast):
+            y = forward(x) if forward else model.forward_stages(x, 0, stop)
+        outputs.append(y.to(target, non_blocking=True))
 
+    with eval_mode(model.stages):
         plan = batches if isinstance(batches, BatchPlan) else BatchPlan(batches)
         plan.run(len(images), batch)
         if target.type == "cpu":
             synchronize(images.device)  # device-to-host copies above may still be in flight
-    finally:
-        for module, mode in modes:
-            module.training = mode
     return torch.cat(outputs)
 
 
