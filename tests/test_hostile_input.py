@@ -247,3 +247,18 @@ def test_the_header_shows_the_evaluations_that_ran_not_only_those_asked():
     assert _evals_setting(100, capped) == "3 (100 asked; capped at one per training step)"
     full = [{"curve": [[e / 4, 50.0] for e in range(1, 9)], "epoch_budget": 2}]
     assert _evals_setting(4, full) == "4"
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line_and_exit_130(monkeypatch, capsys):
+    """The console script imports torch before any handler of tlbench's can run: a Ctrl-C
+    then is one line and exit 130, not a traceback from inside an import."""
+    import tlbench.cli
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tlbench.cli.importlib, "import_module", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        tlbench.cli.main()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip() == tlbench.cli.STARTUP_INTERRUPTED

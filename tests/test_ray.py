@@ -24,7 +24,7 @@ from helpers.cli import (
     subprocess_env,
     tiny_cli,
 )
-from helpers.ray import WorkerEvents, wait_for_line
+from helpers.ray_runtime import WorkerEvents, wait_for_line
 
 from tlbench.plan.settings import Cell, make_settings
 from tlbench.run.executors import RAY_MISSING

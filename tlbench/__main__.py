@@ -1,3 +1,3 @@
-from tlbench.cli.app import main
+from tlbench.cli import main
 
 main()

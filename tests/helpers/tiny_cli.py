@@ -28,7 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: helpers
+# Run as a script, Python put tests/helpers first on sys.path, where helpers/ray_runtime.py
+# and friends could shadow real packages: tests/ takes its place (import helpers.x).
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import tlbench.plugins.registry  # noqa: E402
 from helpers.plugins import TinyPlugin  # noqa: E402
