@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
+import pytest
 import torch
 from helpers.cli import TINY_RUN, output_args, records_path, run_main, skip_pictures, snapshot
 from helpers.plugins import TinyPlugin, tiny_staged, write_synthetic_idx
@@ -272,3 +274,16 @@ def test_data_fingerprint_is_of_the_loaded_tensors(tmp_path):
         return load_idx_dir(find_idx_files(root), "synth", 10, f"dir:{root}").fingerprint()
 
     assert fingerprint(one) == fingerprint(two) != fingerprint(three)
+
+
+def test_a_run_from_a_git_checkout_records_its_commit():
+    """git_state checks that tlbench is the checkout's own package: the package root,
+    wherever provenance.py sits (it returned None for every record after the move into
+    tlbench/run/, until this test)."""
+    from tlbench.run.provenance import git_state
+
+    repo = Path(tlbench.__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        pytest.skip("tlbench is not running from a git checkout")
+    state = git_state()
+    assert state is not None and len(state["commit"]) == 40 and isinstance(state["dirty"], bool)

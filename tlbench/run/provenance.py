@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+import tlbench
 from tlbench.api.dataset import LoadedDataset
 from tlbench.api.errors import TlbenchError
 from tlbench.plan.settings import Cell
@@ -130,7 +131,7 @@ def _file_hash(path: str, size: int, mtime_ns: int) -> str:
 def git_state() -> Optional[dict]:
     """``{"commit", "dirty"}`` of the checkout tlbench runs from, else None (installed
     from a wheel, no git): recorded with each cell, never part of its hash."""
-    package = Path(__file__).resolve().parent
+    package = Path(tlbench.__file__).resolve().parent  # the package root, not this module's
     try:
         top = _git(package, "rev-parse", "--show-toplevel")
         if top is None or (Path(top) / "tlbench").resolve() != package:
