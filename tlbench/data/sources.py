@@ -299,27 +299,27 @@ def load_first(
     sources: Sequence[Source], data_dir: Optional[str], *, dataset: Optional[str] = None
 ) -> LoadedDataset:
     """Load from the first usable source; if none is, say why for each and how to fix."""
-    reasons: list[str] = []
-    for source in sources:
-        reason = source.available(data_dir)
-        if reason is None:
-            try:
-                return source.load(data_dir)
-            except SourceUnavailable as exc:
-                reason = str(exc)
-        reasons.append(f"{source.name}: {reason}")
-    raise DataUnavailable(_nothing_usable(sources, reasons, dataset))
+    return _first(sources, data_dir, dataset, lambda source: source.load(data_dir))
 
 
 def probe_first(
     sources: Sequence[Source], data_dir: Optional[str], *, dataset: Optional[str] = None
 ) -> str:
     """Which source ``load_first`` would use, without reading any images."""
+    return _first(sources, data_dir, dataset, lambda source: source.describe(data_dir))
+
+
+def _first(sources: Sequence[Source], data_dir: Optional[str], dataset: Optional[str], use):
+    """``use`` the first available source (one that turns out unusable while loading
+    counts as unavailable); if none is, say why for each and how to fix."""
     reasons: list[str] = []
     for source in sources:
         reason = source.available(data_dir)
         if reason is None:
-            return source.describe(data_dir)
+            try:
+                return use(source)
+            except SourceUnavailable as exc:
+                reason = str(exc)
         reasons.append(f"{source.name}: {reason}")
     raise DataUnavailable(_nothing_usable(sources, reasons, dataset))
 
