@@ -56,7 +56,7 @@ def test_loaded_backbone_equals_checkpoint(tiny_plugin, tmp_path, model_cache):
                              train_size=200, val_size=100, test_size=100)  # fmt: skip
     cell = Cell("tiny", "linear_probe", "synth", 3, "pretrain:synth", 16, 95.0, settings)
     runner = Runner(registry, None, resolve_device("cpu"), tmp_path)
-    model = pretrain.pretrained_backbone(runner.workspace, cell)
+    model, _ = pretrain.pretrained_backbone(runner.workspace, cell)
     saved = torch.load(pretrain.checkpoint_path(cell), weights_only=True)
     assert saved.keys() == model.stages.state_dict().keys()
     assert all(torch.equal(v, model.stages.state_dict()[k]) for k, v in saved.items())

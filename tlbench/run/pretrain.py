@@ -74,33 +74,32 @@ def checkpoint_path(cell: Cell) -> Path:
     return cache_dir() / f"{key['backbone']}-{key['source']}-{key['resolution']}px-{digest}.pt"
 
 
-def pretrained_backbone(workspace: Workspace, cell: Cell) -> StagedModel:
-    """The backbone for ``cell``, its stages loaded from the cached source checkpoint.
+def pretrained_backbone(workspace: Workspace, cell: Cell) -> tuple[StagedModel, dict]:
+    """The backbone for ``cell``, its stages loaded from the cached source checkpoint, and
+    the source run's facts, which every target record carries.
 
-    Trains and stores the checkpoint first when the cache does not hold it.  The model
-    carries ``pretrain_info``, which the runner adds to the target's record.
+    Trains and stores the checkpoint first when the cache does not hold it.
     """
     path = checkpoint_path(cell)
     info_path = path.with_suffix(".json")
     hit = path.exists() and info_path.exists()
     if not hit:
         train_source(workspace, cell, path)
-    info = json.loads(info_path.read_text())
+    stored = json.loads(info_path.read_text())
     model = _random_backbone(workspace, cell)
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.stages.load_state_dict(state)
-    source = info["source"]
+    source = stored["source"]
     model.weights_source = (
-        f"pretrained here on {source} ({info['source_accuracy']:.2f}% source test "
+        f"pretrained here on {source} ({stored['source_accuracy']:.2f}% source test "
         f"accuracy), {path.name}"
     )
-    model.pretrain_info = {
+    return model, {
         "pretrain_source": source,
-        "pretrain_source_accuracy": info["source_accuracy"],
+        "pretrain_source_accuracy": stored["source_accuracy"],
         "pretrain_checkpoint": str(path),
         "pretrain_cache_hit": hit,
     }
-    return model
 
 
 def train_source(workspace: Workspace, cell: Cell, path: Path) -> None:

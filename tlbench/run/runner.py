@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import gc
-import platform
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -13,13 +12,12 @@ from typing import Optional
 
 import torch
 
-from tlbench import __version__
 from tlbench.api.errors import DataUnavailable, Interrupted
 from tlbench.backbones.weights import WeightsUnavailable
 from tlbench.plan.settings import Cell
 from tlbench.plugins.registry import Registry
+from tlbench.run import record as cell_record
 from tlbench.run.claims import CellClaims
-from tlbench.run.provenance import git_state
 from tlbench.run.signals import SignalGuard
 from tlbench.run.workspace import Workspace, first_line
 from tlbench.store.records import RECORDS_FILE, Record, append_record, finished_hashes, load_records
@@ -151,29 +149,20 @@ class Runner:
         """Train one cell; any failure inside becomes a failed record, never a crash."""
         base = self.identity(cell)
         try:
-            return {**base, **self._train_with_oom_retry(cell)}
+            return cell_record.trained(base, self._train_with_oom_retry(cell))
         except (WeightsUnavailable, DataUnavailable):
             raise
         except Diverged as exc:
-            return {
-                **base,
-                "status": "diverged",
-                "diverged_at_step": exc.step,
-                "error": f"loss became NaN/inf at step {exc.step}",
-            }
+            return cell_record.diverged(base, exc.step)
         except Exception as exc:  # noqa: BLE001 - one bad cell must not end the run
-            return {
-                **base,
-                "status": "failed",
-                "error": f"{type(exc).__name__}: {exc}",
-                "traceback_file": self._save_traceback(cell),
-            }
+            error = f"{type(exc).__name__}: {exc}"
+            return cell_record.failed(base, error, self._save_traceback(cell))
 
-    def _train_with_oom_retry(self, cell: Cell) -> dict:
+    def _train_with_oom_retry(self, cell: Cell) -> cell_record.Trained:
         batch, tried = cell.settings.batch_size, []
         while True:
             try:
-                return {**self._train(cell, batch), "status": "ok", "batch_size": batch}
+                return dataclasses.replace(self._train(cell, batch), batch_size=batch)
             except torch.cuda.OutOfMemoryError as exc:
                 tried.append(str(batch))
                 if batch <= 1:
@@ -188,7 +177,7 @@ class Runner:
             gc.collect()
             torch.cuda.empty_cache()
 
-    def _train(self, cell: Cell, batch_size: int) -> dict:
+    def _train(self, cell: Cell, batch_size: int) -> cell_record.Trained:
         """Train the cell at its LR (``--lr auto``: the row's choice on validation, searched
         here if this is the row's first cell), then its one test pass."""
         splits, source = self.workspace.splits_for(cell)
@@ -207,19 +196,17 @@ class Runner:
         t0 = time.perf_counter()
         metrics = trainer.finish()
         metrics["one_time_seconds"]["backbone_build"] = round(build, 3)
-        model = trainer.model
-        return {
-            **metrics,
-            "wall_seconds": round(own + time.perf_counter() - t0, 3),
-            "lr_chosen": lr,
-            "lr_search": search.to_record() if search is not None else None,
-            "tuning_seconds": round(tuning, 3),
-            "data_source": source,
-            "class_names": self.workspace.dataset(cell).classes(),  # pictures need no plugin
-            "split_sizes": splits.sizes(),
-            "weights_source": model.weights_source,
-            **getattr(model, "pretrain_info", {}),  # --weights pretrain:<dataset>
-        }
+        return cell_record.Trained(
+            metrics=metrics,
+            lr=lr,
+            search=search,
+            tuning_seconds=tuning,
+            wall_seconds=own + time.perf_counter() - t0,
+            data_source=source,
+            split_sizes=splits.sizes(),
+            class_names=self.workspace.dataset(cell).classes(),
+            weights=self.workspace.weights_info(cell),
+        )
 
     def _auto_lr(self, cell: Cell, batch_size: int):
         """The row's LR search, and when this cell ran it, its trained winner and the
@@ -255,31 +242,8 @@ class Runner:
 
     # ---- records ----------------------------------------------------------------------
     def identity(self, cell: Cell) -> Record:
-        """What every record of ``cell`` starts with, whatever its status: names, config
-        and hash, device, versions, time, git state."""
-        import timm
-
-        return {
-            "backbone": cell.backbone,
-            "strategy": cell.strategy,
-            "dataset": cell.dataset,
-            "seed": cell.seed,
-            "weights": cell.weights,
-            "config_hash": cell.config_hash,
-            "config": cell.config(),
-            "row_hash": cell.row_hash,
-            "resolution": cell.resolution,
-            "threshold": cell.threshold,
-            "device": self.device.name,
-            "versions": {
-                "torch": torch.__version__,
-                "timm": timm.__version__,
-                "tlbench": __version__,
-                "python": platform.python_version(),
-            },
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            **({"git": git} if (git := git_state()) else {}),
-        }
+        """What every record of ``cell`` starts with (tlbench.run.cell_record.identity)."""
+        return cell_record.identity(cell, self.device.name)
 
     def _save_traceback(self, cell: Cell) -> str:
         folder = self.directory / "tracebacks"

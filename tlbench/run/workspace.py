@@ -52,6 +52,7 @@ class Workspace:
         self._splits: dict[tuple, tuple[Splits, str]] = {}
         self._loaded: dict[str, LoadedDataset] = {}
         self._models: dict[tuple, StagedModel] = {}
+        self._weights_info: dict[tuple, dict] = {}  # per built backbone: its record's words
 
     # ---- data -------------------------------------------------------------------------
     def loaded(self, dataset: str) -> LoadedDataset:
@@ -109,16 +110,31 @@ class Workspace:
     def backbone(self, cell: Cell) -> StagedModel:
         """The backbone as built from its weights: once per weights (and seed if random)."""
         weights = WeightsChoice.parse(cell.weights)
-        key = (cell.backbone, cell.weights, cell.seed if weights.kind == "random" else None)
+        key = self._backbone_key(cell)
         if key not in self._models:
             torch.manual_seed(cell.seed)
+            source_run: dict = {}
             if weights.kind == "pretrain":  # trained here on the source, or from the cache
-                model = pretrain.pretrained_backbone(self, cell)
+                model, source_run = pretrain.pretrained_backbone(self, cell)
             else:
                 model = self.backbone_spec(cell).build(weights)
             plugin = self.registry.plugin_of("backbones", cell.backbone)
-            self._models[key] = check_backbone(model, cell.backbone, plugin, cell.resolution)
+            checked = check_backbone(model, cell.backbone, plugin, cell.resolution)
+            source = getattr(checked, "weights_source", None)  # the contract check names it
+            self._weights_info[key] = {"weights_source": source, **source_run}
+            self._models[key] = checked
         return self._models[key]
+
+    def weights_info(self, cell: Cell) -> dict:
+        """Where the cell's weights came from (``weights_source``) and, for
+        ``pretrain:<dataset>``, the source run's facts: what its record says of them."""
+        self.backbone(cell)
+        return dict(self._weights_info[self._backbone_key(cell)])
+
+    @staticmethod
+    def _backbone_key(cell: Cell) -> tuple:
+        weights = WeightsChoice.parse(cell.weights)
+        return (cell.backbone, cell.weights, cell.seed if weights.kind == "random" else None)
 
     def prepare_models(self, cells: list[Cell]) -> None:
         """Build each backbone once and check each strategy argument, before training.

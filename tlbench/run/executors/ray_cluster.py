@@ -30,11 +30,13 @@ from typing import Callable, Optional
 from tlbench.api import env
 from tlbench.api.errors import Interrupted, TlbenchError
 from tlbench.plan.settings import Cell
+from tlbench.run import record as cell_record
 from tlbench.run.executors.groups import GROUPINGS
 from tlbench.run.executors.ray_worker import CellWorker
 from tlbench.run.runner import Outcome, Runner
 from tlbench.run.signals import SignalGuard
 from tlbench.store.records import RECORDS_FILE, Record, append_record, finished_hashes, load_records
+from tlbench.store.safeio import atomic_write
 from tlbench.train import lr_search
 
 POLL_SECONDS = 0.5  # how often the driver asks busy workers for their step progress
@@ -318,14 +320,12 @@ class _Run:
         )
 
     def _failed(self, cell: Cell, error: str) -> Record:
-        return {**self.runner.identity(cell), "status": "failed", "error": error}
+        return cell_record.failed(self.runner.identity(cell), error)
 
     def _save_traceback(self, cell: Cell, text: str) -> str:
         folder = self.runner.directory / "tracebacks"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{cell.config_hash}.txt"
-        path.write_text(text)
-        return str(path)
+        return str(atomic_write(folder / f"{cell.config_hash}.txt", text))
 
     def _interrupted_message(self, exc: Interrupted) -> str:
         flight = [slot.cell.label() for slot in self.slots if slot.cell is not None]
