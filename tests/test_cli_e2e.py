@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import register_tiny
+from helpers.cli import tiny_run_args
 from helpers.plugins import write_synthetic_idx
 from typer.testing import CliRunner
 
@@ -17,29 +18,7 @@ from tlbench.api.errors import UnknownNameError
 from tlbench.cli.app import make_app
 from tlbench.store.records import RECORDS_FILE
 
-RUN = [
-    "run",
-    "--backbones",
-    "tiny",
-    "--datasets",
-    "synth",
-    "--epochs",
-    "3",
-    "--resolution",
-    "16",
-    "--train-size",
-    "200",
-    "--val-size",
-    "100",
-    "--test-size",
-    "100",
-    "--lr",
-    "0.01",
-    "--run-name",
-    "t",
-    "--seeds",
-    "1",
-]
+RUN = tiny_run_args(epochs=3, reference=True, device="")  # the scratch row; auto device
 FOUR = "linear_probe,partial,full,two_stage"  # the foundation's strategies (+ scratch row)
 
 

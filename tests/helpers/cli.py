@@ -20,33 +20,21 @@ from tlbench.store.records import RECORDS_FILE
 TESTS = Path(__file__).resolve().parent.parent
 TINY_CLI = TESTS / "helpers/tiny_cli.py"
 
-TINY_RUN = [
-    "run",
-    "--backbones",
-    "tiny",
-    "--datasets",
-    "synth",
-    "--epochs",
-    "2",
-    "--resolution",
-    "16",
-    "--train-size",
-    "200",
-    "--val-size",
-    "100",
-    "--test-size",
-    "100",
-    "--lr",
-    "0.01",
-    "--no-reference",
-    "--run-name",
-    "t",
-    "--device",
-    "cpu",
-    "--seeds",
-    "1",
-]
-"""A fast run of the tiny test backbone on the synthetic IDX set (about a second a cell)."""
+
+def tiny_run_args(epochs: int = 2, reference: bool = False, device: str = "cpu") -> list[str]:
+    """``tlbench run`` on the tiny test backbone and the synthetic IDX set (about a
+    second a cell), one seed, into run ``t``; strategies and output are the caller's.
+    ``device=""`` leaves the device to ``--device auto``."""
+    return [
+        *("run", "--backbones", "tiny", "--datasets", "synth", "--epochs", str(epochs)),
+        *("--resolution", "16", "--train-size", "200", "--val-size", "100"),
+        *("--test-size", "100", "--lr", "0.01", "--run-name", "t", "--seeds", "1"),
+        *(("--device", device) if device else ()),
+        *(() if reference else ("--no-reference",)),
+    ]
+
+
+TINY_RUN = tiny_run_args()
 
 
 @dataclass
